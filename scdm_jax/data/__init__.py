@@ -1,0 +1,1 @@
+"""Input pipelines, the procedural dataset, the noisy-label benchmark and label I/O."""

@@ -1,0 +1,1 @@
+"""Pure-jnp diffusion maths: schedules, image and label diffusion, losses, samplers."""

@@ -1,0 +1,1 @@
+"""The SDM/SCDM UNet in Flax NNX and the PyTorch checkpoint conversion."""
