@@ -1,0 +1,244 @@
+r"""Default SCDM configuration: the full schema, with every field documented.
+
+Use:
+  python -m scdm_jax.main --config configs/default.py --workdir /tmp/run \
+      --config.train.batch_size=8 --config.model.dtype=bfloat16
+
+Dataset presets (ade20k.py, coco_stuff.py, celebamask_hq.py, cityscapes.py), demo.py and
+tiny.py start from `get_config()` here and change a few keys. Variants are chosen with
+`--config configs/ade20k.py:finetune` (the part after ':' is passed to `get_config`).
+
+Schema (sections):
+  data       input pipeline (scdm_jax.data.create_dataset): name, root, image_size,
+             num_classes, use_instance, noise, unlabeled_to_zero, shuffle_buffer, splits.
+  model      exactly the fields of scdm_jax.models.unet.UNetConfig (UNetConfig(**model)).
+             model.num_classes counts label channels + the edge channel.
+  diffusion  image diffusion (beta_schedule, num_steps), label diffusion (label_schedule,
+             psi_path, force_last_linear, ...) and the classifier-free drop rate.
+  optim      AdamW (lr, b1, b2, eps, weight_decay), warmup_steps, grad_clip, ema_decay.
+  train      total_steps, batch_size (GLOBAL, over all devices and hosts), grad_accum,
+             cadences (log/sample/checkpoint), retention, seed.
+  sample     sampler settings for periodic grids and `--mode sample`.
+  mesh       device mesh: data x fsdp (-1 = fill in), fsdp_min_size.
+  init_from  optional inference checkpoint (save_export format) to start training from.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the default config. `arg` is unused here (kept for the preset convention)."""
+  del arg
+  config = ml_collections.ConfigDict()
+
+  # Shared values: overriding data.image_size also changes model.image_size.
+  image_size = ml_collections.FieldReference(32)
+
+  # --------------------------------------------------------------------------- data
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "procedural"  # procedural | ade20k | coco_stuff | celebamask_hq | cityscapes
+  config.data.root = ""  # dataset directory (or TFDS data_dir); unused for procedural
+  config.data.image_size = image_size
+  config.data.num_classes = 9  # K semantic classes (one-hot channels), edge excluded
+  config.data.use_instance = False  # add the instance-edge channel (L = K + 1)
+  config.data.noise = "none"  # none | ds | edge | random (label corruption at eval/sample)
+  config.data.unlabeled_to_zero = False  # reference flag: zero the last conditioning channel
+  config.data.shuffle_buffer = 1000
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  config.data.class_table = ""  # optional custom class-table JSON (names, colours)
+
+  # -------------------------------------------------------------------------- model
+  # Exactly the UNetConfig field names.
+  config.model = ml_collections.ConfigDict()
+  config.model.image_size = image_size
+  config.model.in_channels = 3
+  config.model.model_channels = 64
+  config.model.out_channels = 6  # (eps, v): learned variance
+  config.model.num_res_blocks = 2
+  config.model.attention_resolutions = (4,)  # downsample factors, as in the reference
+  config.model.channel_mult = (1, 2, 2)
+  config.model.num_classes = 9  # label channels incl. the edge channel
+  config.model.num_head_channels = 32
+  config.model.num_heads = 1
+  config.model.use_scale_shift_norm = True
+  config.model.resblock_updown = True
+  config.model.dropout = 0.0
+  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  config.model.remat = False  # rematerialise each block (memory for compute)
+  config.model.onehot_lookup = True
+  config.model.num_heads_upsample = -1
+  config.model.conv_resample = True
+  config.model.use_new_attention_order = False
+  config.model.edge_channel = False  # True when data.use_instance (last channel = edges)
+  # None = XLA attention; "cudnn" = fused cuDNN kernel on GPU (bf16 only).
+  config.model.attention_implementation = ml_collections.config_dict.placeholder(str)
+
+  # ---------------------------------------------------------------------- diffusion
+  config.diffusion = ml_collections.ConfigDict()
+  config.diffusion.beta_schedule = "linear"
+  config.diffusion.num_steps = 1000
+  # classwise | uniform | none. classwise reads psi from psi_path (.npy, one value per
+  # label channel); with psi_path="" it is computed from the training data statistics
+  # (procedural dataset only; for real datasets run the data part's class-statistics
+  # command and point psi_path at its output).
+  config.diffusion.label_schedule = "classwise"
+  config.diffusion.psi_path = ""
+  config.diffusion.force_last_linear = False  # ADE20K/COCO: unlabeled class -> linear
+  config.diffusion.drop_rate = 0.2  # classifier-free guidance: drop the whole condition
+
+  # -------------------------------------------------------------------------- optim
+  config.optim = ml_collections.ConfigDict()
+  config.optim.lr = 1e-4
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+  config.optim.weight_decay = 0.0
+  config.optim.warmup_steps = 0  # linear warm-up from 0 (0 = constant lr)
+  config.optim.grad_clip = 0.0  # global-norm clipping (0 = off)
+  config.optim.ema_decay = 0.9999
+
+  # -------------------------------------------------------------------------- train
+  config.train = ml_collections.ConfigDict()
+  config.train.total_steps = 100_000
+  config.train.batch_size = 40  # GLOBAL batch over all devices and hosts
+  config.train.grad_accum = 1  # micro-batches per step (memory knob)
+  config.train.log_every = 100
+  config.train.sample_every = 5000  # sample grid (0 = off)
+  config.train.num_sample_maps = 4  # label maps in the grid
+  config.train.checkpoint_every = 1000
+  config.train.keep_last = 3
+  config.train.keep_every = 50_000  # also keep every K-th step (0 = off)
+  config.train.async_checkpoint = True
+  config.train.seed = 0
+
+  # ------------------------------------------------------------------------- sample
+  config.sample = ml_collections.ConfigDict()
+  config.sample.sampler = "ddpm"  # ddpm (ancestral, as SCDM) | ddim
+  config.sample.eta = 0.0  # ddim only
+  config.sample.respacing = "ddim25"  # timestep respacing ("" = all num_steps steps)
+  config.sample.guidance_scale = 1.5
+  config.sample.dynamic_threshold = 0.95  # 0 = static clip to [-1, 1]
+  config.sample.extrapolation = 0.8
+  config.sample.label_mode = "fresh"  # fresh (reference) | coupled
+  config.sample.num_samples_per_map = 1
+  config.sample.seed = 42
+  config.sample.batch_size = 8  # global sampling batch (rounded up to the device count)
+  # Labels: a dataset split name ("validation") or a label PNG / folder of PNGs.
+  config.sample.source = "validation"
+  config.sample.label_format = "auto"  # auto | ids | palette (for user PNGs)
+  config.sample.max_maps = 0  # 0 = all maps of the source
+  config.sample.checkpoint = ""  # inference checkpoint dir ("" = <workdir>/export, else latest train ckpt)
+  config.sample.use_ema = True  # train checkpoints only: EMA (default) or raw params
+  config.sample.output_dir = ""  # "" = <workdir>/samples
+
+  # -------------------------------------------------------------------------- mesh
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.fsdp_min_size = 2**18  # arrays with fewer elements are replicated
+
+  config.init_from = ""  # inference checkpoint (EMA weights) to initialise params + EMA
+  return config
+
+
+# ---------------------------------------------------------------------------------
+# Helpers shared by the presets (imported by path, see `load_default` in each preset).
+# ---------------------------------------------------------------------------------
+
+
+def parse_variant(arg: str | None) -> dict[str, str | bool]:
+  """Parses `file.py:a,b=c` variants into `{"a": True, "b": "c"}`."""
+  out = {}
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, sep, value = item.partition("=")
+    out[key.strip()] = value.strip() if sep else True
+  return out
+
+
+def published(config: ml_collections.ConfigDict, *, dataset: str, num_classes: int,
+              use_instance: bool, lr: float, psi_path: str,
+              force_last_linear: bool) -> ml_collections.ConfigDict:
+  """Applies the published SCDM settings (scdm-method.md §4.3, §5.1, §6.2) in place."""
+  config.data.name = dataset
+  config.data.image_size = 256
+  config.data.num_classes = num_classes
+  config.data.use_instance = use_instance
+
+  config.model.model_channels = 256
+  config.model.channel_mult = (1, 1, 2, 2, 4, 4)
+  config.model.num_res_blocks = 2
+  config.model.attention_resolutions = (8, 16, 32)  # feature maps 32, 16, 8 at 256 px
+  config.model.num_head_channels = 64
+  config.model.num_classes = num_classes + int(use_instance)
+  config.model.edge_channel = use_instance
+  config.model.dropout = 0.0
+  config.model.dtype = "bfloat16"  # reference: fp16 with fp32 master weights
+  config.model.remat = True  # reference: use_checkpoint
+
+  config.diffusion.beta_schedule = "linear"
+  config.diffusion.num_steps = 1000
+  config.diffusion.label_schedule = "classwise"
+  config.diffusion.psi_path = psi_path
+  config.diffusion.force_last_linear = force_last_linear
+  config.diffusion.drop_rate = 0.2
+
+  config.optim.lr = lr
+  config.optim.weight_decay = 0.0
+  config.optim.warmup_steps = 0
+  config.optim.grad_clip = 0.0
+  config.optim.ema_decay = 0.9999
+
+  config.train.batch_size = 40
+  config.train.total_steps = 200_000  # the reference never stops; choose your budget
+  config.train.checkpoint_every = 1000
+  config.train.sample_every = 5000
+  config.train.log_every = 100
+
+  # The 25-step recipe of scripts/sample.sh.
+  config.sample.sampler = "ddpm"
+  config.sample.respacing = "ddim25"
+  config.sample.guidance_scale = 1.5
+  config.sample.dynamic_threshold = 0.95
+  config.sample.extrapolation = 0.8
+  config.sample.seed = 42
+  return config
+
+
+def apply_variants(config: ml_collections.ConfigDict, arg: str | None,
+                   finetune_lr: float = 2e-5) -> ml_collections.ConfigDict:
+  """Variants shared by the dataset presets.
+
+  * `finetune`: lr 2e-5 (set `--config.init_from=<export dir>`).
+  * `sample1000`: the 1000-step sampling recipe (s=1.5, static clip, no extrapolation).
+  * `runlocal`: a 32 px / 32-channel model and batch 8, to smoke-test a preset on a CPU.
+  """
+  variants = parse_variant(arg)
+  unknown = set(variants) - {"finetune", "sample1000", "runlocal"}
+  if unknown:
+    raise ValueError(f"Unknown config variant(s) {sorted(unknown)}; known: finetune, "
+                     "sample1000, runlocal (comma-separated, e.g. configs/ade20k.py:finetune).")
+  if variants.get("finetune"):
+    config.optim.lr = finetune_lr
+  if variants.get("sample1000"):
+    config.sample.respacing = ""
+    config.sample.dynamic_threshold = 0.0
+    config.sample.extrapolation = 0.0
+  if variants.get("runlocal"):
+    config.data.image_size = 32
+    config.model.model_channels = 32
+    config.model.channel_mult = (1, 2)
+    config.model.num_res_blocks = 1
+    config.model.attention_resolutions = ()
+    config.model.dtype = "float32"
+    config.model.remat = False
+    config.train.batch_size = 8
+    config.train.total_steps = 10
+    config.train.log_every = 1
+    config.train.checkpoint_every = 5
+    config.train.sample_every = 0
+    config.data.shuffle_buffer = 16
+  return config

@@ -1,0 +1,315 @@
+"""`create_dataset`: the tf.data input pipeline of every dataset (the only TF user).
+
+Design: the example *order* is computed in numpy (a full permutation of this host's shard per
+epoch, from (seed, epoch)); each example is decoded and augmented in numpy/Pillow inside a
+parallel, order-preserving `tf.data` map with its own Generator seeded by
+(seed, epoch, example index). So the batches are a pure function of
+(data_config, split, batch_size, seed, process_index, process_count), independent of thread
+timing, and `start_step=N` resumes exactly at batch N without decoding the skipped examples.
+
+Sharding: the sorted example list is split round-robin, host p gets examples p, p + P, ...;
+shards are disjoint and cover the split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from scdm_jax.data import layouts
+from scdm_jax.data import noisy
+from scdm_jax.data import palettes
+from scdm_jax.data import procedural
+from scdm_jax.data import transforms
+
+# Defaults of the optional data_config fields (everything beyond the architecture contract).
+DEFAULTS: dict[str, Any] = {
+    "root": "",
+    "use_instance": False,
+    "noise": "none",
+    "unlabeled_to_zero": False,
+    "shuffle_buffer": 0,  # unused: every epoch is a full permutation of the shard
+    "num_examples": 0,  # procedural: examples in the train split (0 = 1024); others: 0 = all
+    "procedural_seed": 0,  # procedural: content seed (independent of the training seed)
+    "random_rate": noisy.RANDOM_RATE,
+    "ds_size": noisy.DS_SIZE,
+    "edge_radius": noisy.EDGE_RADIUS,
+    "flip": True,
+    "num_parallel_calls": -1,  # -1 = tf.data.AUTOTUNE
+    "prefetch": 2,  # batches
+}
+
+
+def _get(cfg, name: str, default=None):
+  if isinstance(cfg, dict):
+    return cfg.get(name, DEFAULTS.get(name, default))
+  try:
+    return getattr(cfg, name)
+  except (AttributeError, KeyError):
+    return DEFAULTS.get(name, default)
+
+
+def import_tf():
+  """Imports TensorFlow with every accelerator hidden from it (JAX owns GPUs/TPUs)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  for kind in ("GPU", "TPU"):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except (RuntimeError, ValueError):
+      pass  # already initialised, or no such device type
+  return tf
+
+
+@dataclasses.dataclass
+class Source:
+  """A dataset split as an indexable list of examples (numpy/Pillow only)."""
+
+  name: str
+  names: list[str]
+  num_classes: int
+  unlabeled_class: int | None
+  has_instances: bool
+  examples: list[layouts.Example] | None = None
+  spec: layouts.DatasetSpec | None = None
+  procedural_size: int = 64
+  procedural_seed: int = 0
+  split: str = "train"
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+  def load(self, i: int, *, need_image: bool = True, need_instance: bool = True):
+    """Returns (PIL image or uint8 array or None, class ids (h, w) int32, instance or None)."""
+    if self.examples is None:
+      ex = procedural.generate(i, size=self.procedural_size, seed=self.procedural_seed,
+                               split=self.split)
+      return ex["image"], ex["label"].astype(np.int32), ex["instance"]
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    ex = self.examples[i]
+    image = None
+    if need_image and ex.image is not None:
+      image = Image.open(ex.image)
+      image.load()
+    label = self.spec.raw_to_class(layouts.read_raw_label(ex.label), ex.label)
+    inst = None
+    if need_instance and self.has_instances:
+      if ex.instance is None:
+        raise FileNotFoundError(
+            f"{self.name}: no instance map for {ex.name} (label {ex.label}); add the "
+            "instance PNG or set data.use_instance=False")
+      inst = layouts.read_raw_label(ex.instance).astype(np.int32)
+    return image, label, inst
+
+
+def make_source(data_config, split: str) -> Source:
+  """Resolves data_config + split into a Source, validating num_classes."""
+  name = _get(data_config, "name")
+  split = layouts.canonical_split(split)
+  num_examples = int(_get(data_config, "num_examples") or 0)
+  if name == "procedural":
+    table = procedural.class_table()
+    n = num_examples if (num_examples and split == "train") else \
+        procedural.DEFAULT_NUM_EXAMPLES["train" if split == "train" else "validation"]
+    src = Source("procedural", [f"procedural_{split}_{i:06d}" for i in range(n)],
+                 table.num_classes, table.unlabeled_class, True,
+                 procedural_size=int(_get(data_config, "image_size")),
+                 procedural_seed=int(_get(data_config, "procedural_seed")), split=split)
+  else:
+    spec = layouts.get_spec(name)
+    root = _get(data_config, "root")
+    if not root:
+      raise ValueError(f"data.root is empty: set it to the {name} folder (see docs/data.md)")
+    examples = layouts.list_examples(name, root, split)
+    if num_examples:
+      examples = examples[:num_examples]
+    src = Source(name, [e.name for e in examples], spec.num_classes, spec.unlabeled_class,
+                 spec.has_instances, examples=examples, spec=spec, split=split)
+  k = int(_get(data_config, "num_classes") or src.num_classes)
+  if k != src.num_classes:
+    raise ValueError(f"data.num_classes={k} but {name} has {src.num_classes} classes "
+                     f"(incl. unlabeled); set data.num_classes={src.num_classes}")
+  return src
+
+
+class ExampleLoader:
+  """Loads + preprocesses + corrupts one example; picklable and TF-free."""
+
+  def __init__(self, source: Source, data_config, *, train: bool, seed: int):
+    self.source = source
+    self.train = train
+    self.seed = int(seed)
+    self.image_size = int(_get(data_config, "image_size"))
+    self.use_instance = bool(_get(data_config, "use_instance"))
+    self.noise = str(_get(data_config, "noise") or "none")
+    if self.noise not in ("none",) + noisy.VARIANTS:
+      raise ValueError(f"data.noise={self.noise!r}: use 'none', 'ds', 'edge' or 'random'")
+    self.unlabeled_to_zero = bool(_get(data_config, "unlabeled_to_zero"))
+    self.rate = float(_get(data_config, "random_rate"))
+    self.ds_size = int(_get(data_config, "ds_size"))
+    self.radius = int(_get(data_config, "edge_radius"))
+    self.flip = bool(_get(data_config, "flip"))
+    if self.noise != "none" and source.unlabeled_class is None and not self.unlabeled_to_zero:
+      raise ValueError(f"{source.name} has no 'unlabeled' class for noise={self.noise!r} to "
+                       "write: set data.unlabeled_to_zero=True (all-zero absorbing pixels)")
+
+  def rng(self, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([self.seed & 0xFFFFFFFF, int(epoch), int(index), 0x5CD])
+
+  def __call__(self, index: int, epoch: int = 0):
+    """Returns dict(image (S,S,3) f32, label (S,S) int32 with -1 = absorbing, [edge])."""
+    rng = self.rng(epoch, index)
+    need_inst = self.use_instance or (self.noise == "edge")
+    image, label, inst = self.source.load(int(index), need_instance=need_inst)
+    if self.noise == "ds":  # DS acts on the annotation at its original size (spec §7).
+      label = noisy.resize_nearest(label, self.ds_size)
+    img, label, inst = transforms.preprocess(image, label, inst, image_size=self.image_size,
+                                             train=self.train, rng=rng, flip=self.flip)
+    unl = self.source.unlabeled_class
+    if self.noise in ("edge", "random"):
+      target = -1 if (self.unlabeled_to_zero or unl is None) else unl
+      label = transforms.apply_noise(label, self.noise, unlabeled=target, instance=inst,
+                                     rng=rng, rate=self.rate, radius=self.radius)
+    if self.unlabeled_to_zero and unl is not None:
+      label = np.where(label == unl, -1, label)
+    out = {"image": img if img is not None else np.zeros((self.image_size,) * 2 + (3,),
+                                                           np.float32),
+           "label": label.astype(np.int32)}
+    if self.use_instance:
+      src = inst if inst is not None else label
+      out["edge"] = noisy.boundary_map(src).astype(np.float32)[..., None]
+    return out
+
+
+class IndexMap:
+  """Position k in this host's example stream -> (example index, epoch).
+
+  The host's shard is examples p, p + P, ... of the sorted list; when training, epoch e
+  visits it in the order of a permutation seeded by (seed, e); otherwise in order, once.
+  """
+
+  def __init__(self, n: int, *, train: bool, seed: int, process_index: int = 0,
+               process_count: int = 1):
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} not in 0..{process_count - 1}")
+    self.shard = np.arange(process_index, n, process_count)
+    if len(self.shard) == 0:
+      raise ValueError(f"split has {n} examples, too few for {process_count} processes")
+    self.train = train
+    self.seed = int(seed)
+    self._perm_epoch = -1
+    self._perm = None
+
+  def __len__(self) -> int:
+    return len(self.shard)
+
+  def __call__(self, k: int) -> tuple[int, int]:
+    m = len(self.shard)
+    if not self.train:
+      return int(self.shard[k]), 0
+    epoch, pos = divmod(int(k), m)
+    if epoch != self._perm_epoch:
+      self._perm = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, 0xE70C]).permutation(m)
+      self._perm_epoch = epoch
+    return int(self.shard[self._perm[pos]]), epoch
+
+
+def index_stream(n: int, *, train: bool, seed: int, process_index: int, process_count: int,
+                 start_example: int = 0) -> Iterator[tuple[int, int]]:
+  """Yields (example index, epoch) for this host (finite when not training)."""
+  imap = IndexMap(n, train=train, seed=seed, process_index=process_index,
+                  process_count=process_count)
+  k = start_example
+  while train or k < len(imap):
+    yield imap(k)
+    k += 1
+
+
+def create_dataset(data_config, split: str, *, batch_size: int, train: bool, seed: int,
+                   process_index: int = 0, process_count: int = 1, start_step: int = 0,
+                   drop_remainder: bool | None = None, with_names: bool = False
+                   ) -> Iterator[dict[str, np.ndarray]]:
+  """Batches of one host's shard as numpy dicts.
+
+  Args:
+    data_config: ConfigDict/attribute object/dict with `name`, `root`, `image_size`,
+      `num_classes`, `use_instance`, `noise`, `unlabeled_to_zero`, `shuffle_buffer` and the
+      optional fields of `DEFAULTS`.
+    split: "train" | "validation" (| "test").
+    batch_size: per-process batch size.
+    train: augmentation + infinite shuffled repetition if True; otherwise one ordered pass,
+      test-time resize, and a short last batch unless `drop_remainder`.
+    seed: order, augmentation and Random-noise seed (same seed = same batches).
+    process_index, process_count: this host's shard (e.g. jax.process_index()/count()).
+    start_step: skip this many batches exactly (resume): batch N of a fresh iterator equals
+      batch 0 of `create_dataset(..., start_step=N)`.
+    drop_remainder: defaults to `train`.
+    with_names: also yield `name` (b,) bytes (file stems), e.g. for saving samples.
+
+  Returns:
+    iterator of dict(image (b,S,S,3) f32 in [-1,1], label (b,S,S,K) f32 one-hot (all-zero =
+    absorbing unknown), [edge (b,S,S,1) f32 if use_instance], [name (b,) bytes]).
+  """
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  source = make_source(data_config, split)
+  loader = ExampleLoader(source, data_config, train=train, seed=seed)
+  drop = train if drop_remainder is None else drop_remainder
+  tf = import_tf()
+  s, k = loader.image_size, source.num_classes
+  names = np.array(source.names, dtype=object)
+
+  imap = IndexMap(len(source), train=train, seed=seed, process_index=process_index,
+                  process_count=process_count)
+  start = int(start_step) * batch_size
+  # Positions in the stream; each map call turns its position into (example, epoch). A
+  # range dataset (not from_generator) keeps the pipeline free of Python generator state.
+  ds = tf.data.Dataset.range(start, np.iinfo(np.int64).max if train else max(start, len(imap)))
+  keys = ["image", "label"] + (["edge"] if loader.use_instance else [])
+  tout = [tf.float32, tf.int32] + ([tf.float32] if loader.use_instance else [])
+  shapes = [(s, s, 3), (s, s)] + ([(s, s, 1)] if loader.use_instance else [])
+
+  lock = threading.Lock()
+
+  def load_np(k):
+    with lock:  # IndexMap caches the current epoch's permutation
+      i, epoch = imap(int(k))
+    out = loader(i, epoch)
+    return [out[key] for key in keys] + [names[i].encode()]
+
+  def load_tf(k):
+    vals = tf.numpy_function(load_np, [k], tout + [tf.string], stateful=False)
+    out = {}
+    for key, val, shape in zip(keys, vals, shapes):
+      val.set_shape(shape)
+      out[key] = val
+    vals[-1].set_shape(())
+    out["name"] = vals[-1]
+    return out
+
+  npc = int(_get(data_config, "num_parallel_calls"))
+  ds = ds.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE if npc < 0 else npc,
+              deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=drop)
+
+  def finish(b):
+    b = dict(b)
+    b["label"] = tf.one_hot(b["label"], k, dtype=tf.float32)  # id -1 -> all-zero
+    if not with_names:
+      b.pop("name")
+    return b
+
+  ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.prefetch(int(_get(data_config, "prefetch")))
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.with_options(options)
+  return iter(ds.as_numpy_iterator())
+
+
+def class_table(data_config) -> palettes.ClassTable:
+  """The class table of data_config.name (names, colours, unlabeled class)."""
+  return palettes.get_class_table(_get(data_config, "name"))

@@ -1,0 +1,199 @@
+"""Users' own label maps: id PNGs or RGB palette PNGs -> class ids; one-hot; colourising.
+
+`load_label_map` is strict: ids outside the class table are refused with the file name, the
+values and their pixel counts; colours are snapped to the nearest palette colour and every
+colour that was not an exact palette entry is reported (with its pixel count). No image is
+needed. Class id -1 in returned maps is the absorbing "unknown" state (an all-zero one-hot).
+numpy + Pillow only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from scdm_jax.data import layouts
+from scdm_jax.data import noisy
+from scdm_jax.data import palettes
+
+UNKNOWN = -1
+
+
+@dataclasses.dataclass
+class LabelReport:
+  """What `load_label_map` found in a file."""
+
+  path: str
+  mode: str  # "ids" | "raw-ids" | "palette"
+  shape: tuple[int, int]
+  class_pixels: dict[int, int]  # class id (or -1 = unknown) -> pixel count
+  # Colours that were not exactly in the palette: (rgb, pixel count, snapped class, distance).
+  unknown_colors: list[tuple[tuple[int, int, int], int, int, float]] = dataclasses.field(
+      default_factory=list)
+
+  @property
+  def snapped_pixels(self) -> int:
+    return sum(c for _, c, _, _ in self.unknown_colors)
+
+  def summary(self, names: tuple[str, ...] | None = None, max_items: int = 10) -> str:
+    lines = [f"{self.path}: {self.mode} {self.shape[0]}x{self.shape[1]}, "
+             f"{len(self.class_pixels)} classes present"]
+    if self.unknown_colors:
+      lines.append(f"  {len(self.unknown_colors)} colours not in the palette "
+                   f"({self.snapped_pixels} px) snapped to the nearest entry:")
+      for rgb, count, cls, dist in self.unknown_colors[:max_items]:
+        nm = names[cls] if names and 0 <= cls < len(names) else str(cls)
+        lines.append(f"    rgb{rgb}: {count} px -> class {cls} ({nm}), distance {dist:.1f}")
+    return "\n".join(lines)
+
+
+def snap_to_palette(rgb: np.ndarray, colors: np.ndarray
+                    ) -> tuple[np.ndarray, list[tuple[tuple[int, int, int], int, int, float]]]:
+  """Maps each pixel of an (H, W, 3) RGB array to the id of the nearest palette colour.
+
+  Ties (palettes with repeated colours, e.g. Cityscapes) go to the lowest id. Works on the
+  unique colours only, so it is cheap for real label maps.
+
+  Returns:
+    (ids (H, W) int32, unknown colours sorted by pixel count: (rgb, count, id, distance)).
+  """
+  rgb = np.asarray(rgb)[..., :3].astype(np.int64)
+  flat = rgb.reshape(-1, 3)
+  codes = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
+  uniq, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+  ucol = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], -1)
+  pal = np.asarray(colors, np.int64)
+  d2 = ((ucol[:, None, :] - pal[None, :, :]) ** 2).sum(-1)  # (U, K)
+  best = d2.argmin(-1)  # argmin returns the first (lowest id) on ties
+  dist = np.sqrt(d2[np.arange(len(uniq)), best])
+  unknown = [(tuple(int(v) for v in ucol[i]), int(counts[i]), int(best[i]), float(dist[i]))
+             for i in np.nonzero(dist > 0)[0]]
+  unknown.sort(key=lambda u: -u[1])
+  return best[inverse].reshape(rgb.shape[:2]).astype(np.int32), unknown
+
+
+def _check_ids(ids: np.ndarray, num_classes: int, path: str, allow_unknown: bool) -> None:
+  vals, counts = np.unique(ids, return_counts=True)
+  bad = (vals >= num_classes) | (vals < (UNKNOWN if allow_unknown else 0))
+  if bad.any():
+    listing = ", ".join(f"{int(v)} ({int(c)} px)" for v, c in zip(vals[bad][:20], counts[bad][:20]))
+    raise ValueError(
+        f"{path}: label ids outside the class table 0..{num_classes - 1}: {listing}. "
+        "If this is a colour-coded map, pass palette=... (a dataset name or a JSON file); if "
+        "a value marks don't-care pixels (e.g. 255), pass unknown_value=that value; if the "
+        "file uses a dataset's raw convention (ADE20K 0 = unlabeled), pass dataset=...")
+
+
+def load_label_map(path: str, *, num_classes: int, palette: str | palettes.ClassTable | None = None,
+                   dataset: str | None = None, size: int | tuple[int, int] | None = None,
+                   unknown_value: int | None = None) -> tuple[np.ndarray, LabelReport]:
+  """Reads a label map for sampling (no ground-truth image needed).
+
+  Args:
+    path: PNG file. Single-channel (L, P, I, I;16; grey RGB too) = ids; RGB = colours.
+    num_classes: the model's K; every id must lie in 0..K-1.
+    palette: for RGB maps: a built-in name ("ade20k", "coco_stuff", "cityscapes",
+      "celebamask_hq", "procedural"), a JSON path or a ClassTable. Defaults to `dataset`.
+    dataset: if given, id PNGs are read in that dataset's *raw* convention (the one of its
+      annotation files, e.g. ADE20K 0 = unlabeled -> 150, k -> k-1); otherwise ids are
+      class ids.
+    size: optional output size (int or (H, W)); nearest resize (Pillow's rule).
+    unknown_value: a raw id value (e.g. 255) that marks don't-care pixels; they become -1
+      (the absorbing all-zero one-hot).
+
+  Returns:
+    (ids (H, W) int32 in -1..K-1, LabelReport).
+  """
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"label map {path} does not exist")
+  with Image.open(path) as im:
+    mode = im.mode
+    if mode in ("RGB", "RGBA", "LA"):
+      arr = np.asarray(im.convert("RGB"))
+    else:
+      arr = np.asarray(im)
+  table = palette if palette is not None else dataset
+  is_color = arr.ndim == 3 and not ((arr[..., 0] == arr[..., 1]).all()
+                                    and (arr[..., 0] == arr[..., 2]).all())
+  unknown_colors = []
+  if is_color:
+    if table is None:
+      raise ValueError(
+          f"{path}: an RGB colour-coded label map, but no palette was given. Pass "
+          f"palette= one of {', '.join(palettes.BUILTIN_NAMES)} or a JSON file "
+          "(see docs/data.md), or save the map as a single-channel id PNG.")
+    if not isinstance(table, palettes.ClassTable):
+      table = palettes.get_class_table(table)
+    if table.num_classes > num_classes:
+      raise ValueError(f"{path}: palette {table.name!r} has {table.num_classes} classes but "
+                       f"the model has num_classes={num_classes}")
+    ids, unknown_colors = snap_to_palette(arr, table.colors)
+    report_mode = "palette"
+  else:
+    raw = arr[..., 0] if arr.ndim == 3 else arr
+    raw = raw.astype(np.int64)
+    unk = np.zeros(raw.shape, bool) if unknown_value is None else raw == unknown_value
+    if dataset is not None:
+      spec = layouts.get_spec(dataset)
+      ids = spec.raw_to_class(np.where(unk, 0, raw), path).astype(np.int64)
+      report_mode = "raw-ids"
+    else:
+      ids = raw
+      report_mode = "ids"
+    ids = np.where(unk, UNKNOWN, ids)
+    _check_ids(ids, num_classes, path, allow_unknown=True)
+    ids = ids.astype(np.int32)
+  if size is not None:
+    ids = noisy.resize_nearest(ids, size)
+  vals, counts = np.unique(ids, return_counts=True)
+  report = LabelReport(path, report_mode, tuple(ids.shape),
+                       {int(v): int(c) for v, c in zip(vals, counts)}, unknown_colors)
+  return ids, report
+
+
+def to_one_hot(ids: np.ndarray, num_classes: int, dtype=np.float32) -> np.ndarray:
+  """(..., H, W) ids -> (..., H, W, K) one-hot; id -1 gives the all-zero (absorbing) vector."""
+  ids = np.asarray(ids)
+  _check_ids(ids, num_classes, "<array>", allow_unknown=True)
+  return (ids[..., None] == np.arange(num_classes)).astype(dtype)
+
+
+def colorize(ids: np.ndarray, palette: str | palettes.ClassTable | np.ndarray,
+             unknown_color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+  """Class ids (..., H, W) (or a one-hot (..., H, W, K)) -> uint8 RGB (..., H, W, 3).
+
+  A one-hot input is recognised by its float dtype; all-zero pixels get `unknown_color`.
+  """
+  if isinstance(palette, str):
+    palette = palettes.get_class_table(palette)
+  colors = palette.colors if isinstance(palette, palettes.ClassTable) else np.asarray(palette)
+  ids = np.asarray(ids)
+  if np.issubdtype(ids.dtype, np.floating):
+    ids = np.where(ids.max(-1) > 0, ids.argmax(-1), UNKNOWN)
+  lut = np.concatenate([np.asarray(colors, np.uint8), np.asarray([unknown_color], np.uint8)])
+  idx = np.where((ids >= 0) & (ids < len(colors)), ids, len(colors))
+  return lut[idx]
+
+
+def save_label_png(path: str, ids: np.ndarray) -> None:
+  """Writes class ids as a single-channel PNG (uint8, or 16-bit when K > 256), atomically."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  ids = np.asarray(ids)
+  if ids.min(initial=0) < 0:
+    raise ValueError(f"{path}: cannot store id -1 (unknown) in a PNG; pick an unknown_value")
+  img = Image.fromarray(ids.astype(np.uint8)) if ids.max(initial=0) < 256 else \
+      Image.fromarray(ids.astype(np.uint16))
+  atomic_save(img, path)
+
+
+def atomic_save(img, path: str) -> None:
+  """Saves a PIL image to a temporary file in the same folder, then renames it into place."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+  fmt = os.path.splitext(path)[1].lstrip(".").upper() or "PNG"
+  img.save(tmp, format="JPEG" if fmt == "JPG" else fmt)
+  os.replace(tmp, path)
