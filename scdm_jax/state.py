@@ -18,6 +18,7 @@ constructor is then jitted with those `out_shardings`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable
 
 import jax
@@ -128,6 +129,21 @@ def create_train_state(config: ml_collections.ConfigDict, mesh, seed: int
   """
   graphs, abstract = graphs_and_abstract(config)
   shardings = train_state_shardings(config, mesh, abstract)
+  key = json.dumps([config.model.to_dict(), config.optim.to_dict(),
+                    config.mesh.to_dict(), [d.id for d in mesh.devices.flat]],
+                   sort_keys=True, default=str)
+  if key not in _INIT_CACHE:
+    _INIT_CACHE.clear()
+    _INIT_CACHE[key] = _jit_init(config, graphs, shardings)
+  state = _INIT_CACHE[key](jax.random.key(seed))
+  return graphs, state, shardings
+
+
+# The jitted initialiser, reused across calls in one process (same model/optimizer/mesh).
+_INIT_CACHE: dict[str, Any] = {}
+
+
+def _jit_init(config, graphs: Graphs, shardings: TrainState):
   tx = make_tx(config.optim)
   ucfg = graphs.unet_config
 
@@ -140,17 +156,7 @@ def create_train_state(config: ml_collections.ConfigDict, mesh, seed: int
     return TrainState(params=params, rest=rest, opt=opt_state, ema=ema,
                       rng=jax.random.key_data(train_key))
 
-  with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else _null():
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
-  return graphs, state, shardings
-
-
-class _null:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False
+  return jax.jit(init, out_shardings=shardings)
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:

@@ -195,21 +195,50 @@ def make_train_step(config: ml_collections.ConfigDict, graphs: state_lib.Graphs,
     _, new_params, new_rest = nnx.split(model, nnx.Param, ...)
     _, new_opt = nnx.split(opt)
     new_ema = state_lib.ema_update(st.ema, new_params, decay)
-    finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(grad_norm)
+    param_norm = optax.global_norm(new_params)
+    # Refuse the update if the loss, the gradient or the updated params are not finite.
+    finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = state_lib.TrainState(
         params=keep(new_params, st.params), rest=keep(new_rest, st.rest),
         opt=keep(new_opt, st.opt), ema=keep(new_ema, st.ema), rng=st.rng)
-    metrics = dict(terms, grad_norm=grad_norm, lr=lr_fn(step),
+    metrics = dict(terms, grad_norm=grad_norm, param_norm=param_norm, lr=lr_fn(step),
                    finite=finite.astype(jnp.float32))
     return new_state, metrics
 
   return train_step
 
 
+# Compiled steps, keyed by everything that shapes the program, so that calling
+# train_and_evaluate again in one process (resume tests, notebooks) does not recompile.
+_COMPILED: dict[str, Any] = {}
+
+
+def _program_key(config, mesh, per_process_batch: int, psi) -> str:
+  parts = {k: config[k].to_dict() for k in ("data", "model", "diffusion", "optim", "mesh")}
+  parts["train"] = {k: config.train[k] for k in ("batch_size", "grad_accum")}
+  parts["mesh_devices"] = [d.id for d in mesh.devices.flat]
+  parts["batch"] = per_process_batch
+  parts["psi"] = None if psi is None else [float(x) for x in psi]
+  return json.dumps(parts, sort_keys=True, default=str)
+
+
 def compile_train_step(config, graphs, diffusion, label_schedule, mesh, shardings,
-                       abstract_state, per_process_batch: int):
+                       abstract_state, per_process_batch: int, psi=None):
   """`jax.jit` + `.lower().compile()` of the step for the global batch; logs the time."""
+  key = _program_key(config, mesh, per_process_batch, psi)
+  if key in _COMPILED:
+    logging.info("Reusing the train step compiled earlier in this process.")
+    return _COMPILED[key]
+  out = _compile_train_step(config, graphs, diffusion, label_schedule, mesh, shardings,
+                            abstract_state, per_process_batch)
+  _COMPILED.clear()  # keep one program alive at most
+  _COMPILED[key] = out
+  return out
+
+
+def _compile_train_step(config, graphs, diffusion, label_schedule, mesh, shardings,
+                        abstract_state, per_process_batch: int):
   step_fn = make_train_step(config, graphs, diffusion, label_schedule, mesh)
   s = int(config.data.image_size)
   k = int(config.data.num_classes)
@@ -358,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if latest is not None and start_step != latest:
     logging.warning("Checkpoint %d holds optimizer step %d.", latest, start_step)
   compiled, _ = compile_train_step(config, graphs, diffusion, label_schedule, mesh,
-                                   shardings, abstract, per_process_batch)
+                                   shardings, abstract, per_process_batch, psi)
 
   total = int(tc.total_steps)
   summary: dict[str, Any] = {"start_step": start_step, "step": start_step}
@@ -399,8 +428,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     host = {k: float(v) for k, v in jax.device_get(m).items()}
     if host["finite"] < 1.0 or not math.isfinite(host["loss"]):
       raise FloatingPointError(
-          f"Non-finite loss or gradient at step {s} (loss={host['loss']}, grad_norm="
-          f"{host['grad_norm']}). Stopping without saving: the last good checkpoint in "
+          f"Non-finite loss, gradient or update at step {s} (loss={host['loss']}, grad_norm="
+          f"{host['grad_norm']}, param_norm after the update={host['param_norm']}); the "
+          "update was not applied. Stopping without saving: the last good checkpoint in "
           f"{ckpt.directory} is kept (steps {ckpt.all_steps()}). Lower optim.lr, set "
           "optim.grad_clip, or use model.dtype=float32.")
     return s, host
@@ -428,7 +458,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         window.append(host)
         dt = time.time() - t_window
         scalars = {f"train_{k}": float(np.mean([w[k] for w in window]))
-                   for k in ("loss", "mse", "vb", "grad_norm")}
+                   for k in ("loss", "mse", "vb", "grad_norm", "param_norm")}
         scalars.update(train_lr=host["lr"], steps_per_sec=n_window / dt,
                        images_per_sec=n_window * images_per_step / dt)
         writer.write_scalars(step, scalars)

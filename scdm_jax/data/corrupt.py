@@ -5,8 +5,8 @@
 
 Output: one PNG per label file, same file name, in the dataset's *raw* convention (corrupted
 pixels get the raw "unlabeled" value: ADE20K 0, COCO-Stuff 255, Cityscapes 0), plus
-`corrupt.json` (variant, seed, source, count). Point the loader's label folder at DIR (or
-copy it over a copy of the dataset) to evaluate on the benchmark.
+`corrupt.json` (variant, seed, source, count). Evaluate on the benchmark with
+`data.label_dir=DIR` (the pipeline then reads these labels instead of the clean ones).
 
 - ds: the annotation at its original size -> 64 x 64 with Pillow's NEAREST (written at
   64 x 64; the loader resizes it back up), exactly as the reference `downsample.py`.
@@ -21,6 +21,7 @@ leaves a half-written PNG; rerunning overwrites.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -63,8 +64,8 @@ def run(dataset: str, root: str, split: str, variant: str, out: str, *, seed: in
   if limit:
     examples = examples[:limit]
   os.makedirs(out, exist_ok=True)
-  for ex in progress(examples, desc=f"corrupt {variant}", stream=None if not quiet else
-                     open(os.devnull, "w")):
+  for ex in progress(examples, desc=f"corrupt {variant}",
+                     stream=io.StringIO() if quiet else None):
     raw = layouts.read_raw_label(ex.label)
     spec.raw_to_class(raw, ex.label)  # refuses out-of-range values, naming the file
     inst = None

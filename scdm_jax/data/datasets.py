@@ -14,6 +14,7 @@ shards are disjoint and cover the split.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "flip": True,
     "num_parallel_calls": -1,  # -1 = tf.data.AUTOTUNE
     "prefetch": 2,  # batches
+    "label_dir": "",  # read labels from here instead (e.g. a `corrupt` copy), matched by name
+    "require_images": True,  # False: labels-only folders; the image is then all-zero
 }
 
 
@@ -55,6 +58,7 @@ def _get(cfg, name: str, default=None):
 
 def import_tf():
   """Imports TensorFlow with every accelerator hidden from it (JAX owns GPUs/TPUs)."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no INFO spam; warnings still shown
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   for kind in ("GPU", "TPU"):
     try:
@@ -123,9 +127,13 @@ def make_source(data_config, split: str) -> Source:
     root = _get(data_config, "root")
     if not root:
       raise ValueError(f"data.root is empty: set it to the {name} folder (see docs/data.md)")
-    examples = layouts.list_examples(name, root, split)
+    require_images = bool(_get(data_config, "require_images"))
+    examples = layouts.list_examples(name, root, split, require_images=require_images)
     if num_examples:
       examples = examples[:num_examples]
+    label_dir = _get(data_config, "label_dir")
+    if label_dir:
+      examples = _relabel(examples, os.path.expanduser(label_dir))
     src = Source(name, [e.name for e in examples], spec.num_classes, spec.unlabeled_class,
                  spec.has_instances, examples=examples, spec=spec, split=split)
   k = int(_get(data_config, "num_classes") or src.num_classes)
@@ -133,6 +141,24 @@ def make_source(data_config, split: str) -> Source:
     raise ValueError(f"data.num_classes={k} but {name} has {src.num_classes} classes "
                      f"(incl. unlabeled); set data.num_classes={src.num_classes}")
   return src
+
+
+def _relabel(examples: list[layouts.Example], label_dir: str) -> list[layouts.Example]:
+  """Points every example's label at label_dir/<label file name> (e.g. a noisy copy)."""
+  if not os.path.isdir(label_dir):
+    raise FileNotFoundError(f"data.label_dir {label_dir} does not exist; write it with "
+                            "`python -m scdm_jax.data.corrupt ... --out DIR` or unset it")
+  out, missing = [], []
+  for ex in examples:
+    path = os.path.join(label_dir, os.path.basename(ex.label))
+    if not os.path.exists(path):
+      missing.append(os.path.basename(ex.label))
+    out.append(dataclasses.replace(ex, label=path))
+  if missing:
+    raise FileNotFoundError(f"data.label_dir {label_dir} lacks {len(missing)} label files of "
+                            f"the split (first: {missing[:3]}); set data.num_examples to the "
+                            "number of corrupted files, or corrupt the whole split")
+  return out
 
 
 class ExampleLoader:
@@ -297,7 +323,11 @@ def create_dataset(data_config, split: str, *, batch_size: int, train: bool, see
 
   def finish(b):
     b = dict(b)
-    b["label"] = tf.one_hot(b["label"], k, dtype=tf.float32)  # id -1 -> all-zero
+    lab = b["label"]
+    # One-hot by scatter in numpy: ~15x faster than tf.one_hot's compare kernel at K = 151.
+    b["label"] = tf.numpy_function(lambda x: one_hot_ids(x, k), [lab], tf.float32,
+                                   stateful=False)
+    b["label"].set_shape(lab.shape.concatenate([k]))
     if not with_names:
       b.pop("name")
     return b
@@ -308,6 +338,17 @@ def create_dataset(data_config, split: str, *, batch_size: int, train: bool, see
   options.deterministic = True
   ds = ds.with_options(options)
   return iter(ds.as_numpy_iterator())
+
+
+def one_hot_ids(ids: np.ndarray, num_classes: int) -> np.ndarray:
+  """(..., H, W) int ids -> float32 one-hot (..., H, W, K); -1 gives the all-zero vector."""
+  ids = np.asarray(ids)
+  out = np.zeros(ids.shape + (num_classes,), np.float32)
+  flat = out.reshape(-1, num_classes)
+  v = ids.reshape(-1)
+  rows = np.nonzero(v >= 0)[0]
+  flat[rows, v[rows]] = 1.0
+  return out
 
 
 def class_table(data_config) -> palettes.ClassTable:

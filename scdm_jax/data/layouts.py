@@ -57,7 +57,12 @@ class DatasetSpec:
     if raw.ndim != 2:
       raise ValueError(f"{path}: a label map must be single-channel (H, W), got shape "
                        f"{raw.shape}; RGB colour maps need a palette (label_io.load_label_map)")
-    vals, counts = np.unique(raw, return_counts=True)
+    if raw.dtype in (np.uint8, np.uint16):  # bincount: much faster than a sort
+      counts = np.bincount(raw.ravel())
+      vals = np.nonzero(counts)[0]
+      counts = counts[vals]
+    else:
+      vals, counts = np.unique(raw, return_counts=True)
     ok = (vals >= 0) & (vals <= self.max_raw)
     if self.unlabeled_raw is not None:
       ok |= vals == self.unlabeled_raw
@@ -67,12 +72,22 @@ class DatasetSpec:
           f"{path}: label values outside the {self.name} table: {bad}. {self.description} "
           "Check that this is a class-id PNG of this dataset (not a colour image or another "
           "dataset's ids); convert colour maps with a palette, or fix the file.")
+    if self.name in ("ade20k", "coco_stuff") and raw.dtype == np.uint8:
+      return self._lut[raw]
     raw = raw.astype(np.int32)
     if self.name == "ade20k":
       return np.where(raw == 0, 150, raw - 1).astype(np.int32)
     if self.name == "coco_stuff":
       return np.where(raw == 255, 182, raw).astype(np.int32)
     return raw
+
+  @property
+  def _lut(self) -> np.ndarray:
+    """uint8 raw value -> class id table (invalid entries never used: checked first)."""
+    v = np.arange(256)
+    if self.name == "ade20k":
+      return np.where(v == 0, 150, v - 1).astype(np.int32)
+    return np.where(v == 255, 182, v).astype(np.int32)
 
   @property
   def unlabeled_class(self) -> int | None:

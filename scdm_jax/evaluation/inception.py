@@ -340,11 +340,14 @@ def make_feature_fn(model: InceptionV3, *, resize: bool = True
   return lambda images: fn(state, images)
 
 
-def extract_features(model_or_fn: Any, images: Any, *, batch_size: int = 50) -> np.ndarray:
+def extract_features(model_or_fn: Any, images: Any, *, batch_size: int = 50,
+                     sharding: jax.sharding.Sharding | None = None) -> np.ndarray:
   """Pool3 features (float64 numpy) of an (N, H, W, 3) array of [-1, 1] images.
 
   The last batch is zero-padded to ``batch_size`` (one compiled shape) and the padding rows
-  dropped, so no image is lost (pytorch-fid drops the remainder; see docs/evaluation.md).
+  dropped, so no image is lost (the OASIS FID script drops the remainder; see
+  docs/evaluation.md). With ``sharding`` (e.g. ``NamedSharding(mesh, P("data"))``; then
+  ``batch_size`` must divide evenly over it) each batch is split over the devices.
   """
   fn = make_feature_fn(model_or_fn) if isinstance(model_or_fn, InceptionV3) else model_or_fn
   images = np.asarray(images)
@@ -356,5 +359,7 @@ def extract_features(model_or_fn: Any, images: Any, *, batch_size: int = 50) -> 
     if real < batch_size and n > batch_size:
       batch = np.concatenate([batch, np.zeros((batch_size - real,) + batch.shape[1:],
                                               batch.dtype)])
-    out.append(np.asarray(fn(jnp.asarray(batch, jnp.float32)), np.float64)[:real])
+    batch = batch.astype(np.float32)
+    batch = jax.device_put(batch, sharding) if sharding is not None else jnp.asarray(batch)
+    out.append(np.asarray(fn(batch), np.float64)[:real])
   return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float64)

@@ -81,6 +81,9 @@ class LPIPS(nnx.Module):
 
   def features(self, x: jax.Array) -> list[jax.Array]:
     """The five normalised ReLU maps of images in [-1, 1]."""
+    if self.variant != "stargan_v2" and min(x.shape[1:3]) < 31:
+      # conv1 (11/4) and two 3x3/2 pools leave no pixel for conv3..5 below 31 px.
+      raise ValueError(f"LPIPS (AlexNet) needs images of at least 31x31; got {x.shape[1:3]}.")
     x = x.astype(jnp.float32)
     if self.variant == "stargan_v2":
       x = jax.image.resize(x, (x.shape[0], 299, 299, x.shape[-1]), "bilinear", antialias=True)
@@ -190,9 +193,15 @@ def diversity(model: LPIPS, samples: Any, *, batch_size: int = 16) -> dict[str, 
     return jax.lax.map(pair_distance, jnp.asarray(pairs, jnp.int32)).mean(axis=0)
 
   out = []
+  batch_size = min(batch_size, num_maps)
   for start in range(0, num_maps, batch_size):
-    chunk = jnp.asarray(samples[:, start:start + batch_size], jnp.float32)
-    out.append(np.asarray(per_map(state, chunk), np.float64))
+    chunk = samples[:, start:start + batch_size]
+    real = chunk.shape[1]
+    if real < batch_size:  # Pad the last chunk: one compiled shape for the whole run.
+      pad = np.zeros((num_sets, batch_size - real) + chunk.shape[2:], chunk.dtype)
+      chunk = np.concatenate([chunk, pad], axis=1)
+    values = per_map(state, jnp.asarray(chunk, jnp.float32))
+    out.append(np.asarray(values, np.float64)[:real])
   values = np.concatenate(out)
   return {"lpips_diversity": float(values.mean()), "per_map": values, "num_sets": num_sets,
           "num_pairs": len(pairs), "num_maps": num_maps}

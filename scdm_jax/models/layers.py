@@ -78,6 +78,7 @@ class Conv2d(nnx.Module):
     init = nnx.initializers.zeros_init() if zero else _torch_uniform(fan_in)
     self.kernel = nnx.Param(init(keys(), (kernel, kernel, in_ch, out_ch), jnp.float32))
     self.bias = nnx.Param(init(keys(), (out_ch,), jnp.float32))
+    self.zero_init = zero
     self.stride = stride
     self.padding = kernel // 2
     self.dtype = dtype
@@ -98,6 +99,7 @@ class Dense(nnx.Module):
     init = nnx.initializers.zeros_init() if zero else _torch_uniform(in_f)
     self.kernel = nnx.Param(init(keys(), (in_f, out_f), jnp.float32))
     self.bias = nnx.Param(init(keys(), (out_f,), jnp.float32))
+    self.zero_init = zero
     self.dtype = dtype
 
   def __call__(self, x: Array) -> Array:

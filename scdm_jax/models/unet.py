@@ -362,3 +362,38 @@ def count_params(config: UNetConfig) -> int:
   """Number of parameters, counted on an abstract model (nothing is allocated)."""
   state = nnx.state(abstract_unet(config), nnx.Param)
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(state)))
+
+
+def init_params_host(config: UNetConfig, seed: int = 0) -> dict:
+  """Parameters drawn on the host with NumPy, with the constructor's distributions.
+
+  Same init scheme as `UNet(config, rngs=...)` (PyTorch defaults: U(+-1/sqrt(fan_in)) for
+  conv/linear weights and biases, zeros for the zero-init output convs, ones/zeros for
+  GroupNorm) but different random numbers. Useful on CPU, where compiling the random
+  init of a few hundred parameters takes long; load with
+  `torch_import.unet_from_params(config, params)`.
+  """
+  rng = np.random.default_rng(seed)
+  model = abstract_unet(config)
+  values = {}
+  for _, node in nnx.iter_graph(model):
+    if isinstance(node, (layers.Conv2d, layers.Dense)):
+      kshape, bshape = node.kernel.shape, node.bias.shape
+      if node.zero_init:
+        values[id(node.kernel)] = np.zeros(kshape, np.float32)
+        values[id(node.bias)] = np.zeros(bshape, np.float32)
+      else:
+        bound = 1.0 / math.sqrt(math.prod(kshape[:-1]))
+        values[id(node.kernel)] = rng.uniform(-bound, bound, kshape).astype(np.float32)
+        values[id(node.bias)] = rng.uniform(-bound, bound, bshape).astype(np.float32)
+    elif isinstance(node, layers.GroupNorm):
+      values[id(node.scale)] = np.ones(node.scale.shape, np.float32)
+      values[id(node.bias)] = np.zeros(node.bias.shape, np.float32)
+  params: dict = {}
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.Param):
+      tree = params
+      for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+      tree[path[-1]] = values[id(node)]
+  return params

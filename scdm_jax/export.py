@@ -1,0 +1,37 @@
+"""`--mode export`: an inference checkpoint from the newest training checkpoint.
+
+Writes `checkpointing.save_export(dir, ema_params, meta)` with meta = the run's config,
+`model` (UNetConfig fields), `num_classes`, `class_names`/`class_table`, the label schedule
+(incl. psi), `source` and `step`. The sampler (`sample.load_weights`) and
+`config.init_from` read it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from absl import logging
+import ml_collections
+
+from scdm_jax import checkpointing
+from scdm_jax import sample as sample_lib
+
+
+def export_from_workdir(config: ml_collections.ConfigDict, workdir: str,
+                        export_dir: str | None = None, *, use_ema: bool = True,
+                        step: int | None = None) -> str:
+  """Exports the newest (or `step`) training checkpoint of `workdir`; returns the path."""
+  ckdir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckdir):
+    raise FileNotFoundError(f"--mode export: {ckdir} does not exist; train first.")
+  params, meta, step = sample_lib.load_train_params(config, ckdir, use_ema=use_ema, step=step)
+  meta: dict[str, Any] = dict(meta)
+  meta["source"] = f"scdm_jax training checkpoint {ckdir} step {step}"
+  meta["step"] = int(step)
+  meta["weights"] = "ema" if use_ema else "params"
+  target = export_dir or os.path.join(workdir, "export")
+  # Every process calls this: orbax coordinates a multi-process write.
+  checkpointing.save_export(target, params, meta)
+  logging.info("Exported step %d (%s) to %s.", step, meta["weights"], target)
+  return target

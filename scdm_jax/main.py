@@ -1,0 +1,128 @@
+r"""Entry point: `python -m scdm_jax.main --config configs/X.py[:variant] --workdir W`.
+
+Modes:
+  train     train or resume in --workdir (default).
+  sample    write samples for a dataset split or for your own label PNGs (config.sample).
+  export    write an inference checkpoint (EMA params, model config, class table) from the
+            newest training checkpoint to <workdir>/export (or --export_dir).
+  evaluate  not implemented yet (issue 6).
+  corrupt   the noisy-label benchmark: passes the remaining arguments after `--` to
+            `python -m scdm_jax.data.corrupt`.
+
+Overrides: `--config.train.batch_size=8 --config.model.dtype=bfloat16`.
+Multi-host: `jax.distributed.initialize()` runs when --distributed is set, or when the
+environment names a coordinator (JAX_COORDINATOR_ADDRESS, SLURM, or a Cloud TPU pod slice,
+SCDM_DISTRIBUTED=1). This file is kept short so that train.py etc. can be imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+
+config_flags.DEFINE_config_file(
+    "config", None, "Training configuration file (configs/*.py[:variant]).",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate", "export", "corrupt"],
+                  "What to do.")
+flags.DEFINE_string("export_dir", None, "--mode export: target (default <workdir>/export).")
+flags.DEFINE_bool("distributed", None,
+                  "Call jax.distributed.initialize() (default: auto-detect from the "
+                  "environment).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+
+
+def _want_distributed() -> bool:
+  if FLAGS.distributed is not None:
+    return FLAGS.distributed
+  if FLAGS.coordinator_address:
+    return True
+  env = os.environ
+  if env.get("SCDM_DISTRIBUTED", "") in ("1", "true", "True"):
+    return True
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  if int(env.get("SLURM_NTASKS", "1")) > 1:
+    return True
+  # Cloud TPU pod slices: several workers listed in the TPU environment.
+  hostnames = env.get("TPU_WORKER_HOSTNAMES") or env.get("CLOUD_TPU_TASK_ID")
+  return bool(hostnames and "," in env.get("TPU_WORKER_HOSTNAMES", ""))
+
+
+def _initialize_distributed() -> None:
+  kwargs = {}
+  if FLAGS.coordinator_address:
+    kwargs["coordinator_address"] = FLAGS.coordinator_address
+  if FLAGS.num_processes is not None:
+    kwargs["num_processes"] = FLAGS.num_processes
+  if FLAGS.process_id is not None:
+    kwargs["process_id"] = FLAGS.process_id
+  jax.distributed.initialize(**kwargs)
+
+
+def main(argv):
+  if FLAGS.mode == "corrupt":
+    from scdm_jax.data import corrupt  # pylint: disable=g-import-not-at-top
+    return corrupt.main(list(argv[1:]))
+  if len(argv) > 1:
+    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+  if FLAGS.config is None:
+    raise app.UsageError("--config is required, e.g. --config configs/demo.py")
+
+  # TensorFlow (input pipeline only) must not grab GPU/TPU memory that JAX needs.
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except (ImportError, RuntimeError, ValueError):
+    pass
+
+  if _want_distributed():
+    _initialize_distributed()
+  logging.info("JAX process %d / %d, local devices %s, %d devices in total.",
+               jax.process_index(), jax.process_count(), jax.local_devices(),
+               jax.device_count())
+  if jax.process_index() > 0:
+    logging.set_verbosity(logging.WARNING)
+
+  config = FLAGS.config
+  workdir = FLAGS.workdir
+  if FLAGS.mode == "train":
+    if not workdir:
+      raise app.UsageError("--workdir is required for --mode train")
+    from scdm_jax import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(config, workdir)
+  elif FLAGS.mode == "sample":
+    from scdm_jax import sample  # pylint: disable=g-import-not-at-top
+    sample.run_sampling(config, workdir)
+  elif FLAGS.mode == "export":
+    from scdm_jax import export  # pylint: disable=g-import-not-at-top
+    if not workdir:
+      raise app.UsageError("--workdir is required for --mode export")
+    export.export_from_workdir(config, workdir, FLAGS.export_dir)
+  elif FLAGS.mode == "evaluate":
+    raise NotImplementedError(
+        "--mode evaluate is not implemented yet (see issue 6, evaluation). To evaluate now, "
+        "write samples with --mode sample (PNGs under <workdir>/samples/sample_0/) and run "
+        "an external FID tool on them.")
+  return 0
+
+
+def run():
+  # Lets --jax_* flags (e.g. --jax_disable_most_optimizations) be set on the command line.
+  jax.config.config_with_absl()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

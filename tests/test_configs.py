@@ -1,0 +1,94 @@
+"""Configs: presets load, variants and overrides work, model section fits UNetConfig;
+clu writers work with this clu/tensorboard; main's flag parsing."""
+
+import dataclasses
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scdm_jax.models.unet import UNetConfig
+from scdm_jax import state as state_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PRESETS = ["default", "ade20k", "coco_stuff", "celebamask_hq", "cityscapes", "demo", "tiny"]
+
+
+def load(name, arg=None):
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_schema(name):
+  config = load(name)
+  assert set(config.model.keys()) == {f.name for f in dataclasses.fields(UNetConfig)}
+  state_lib.unet_config(config)  # model matches data
+  assert config.train.total_steps > 0 and config.train.batch_size > 0
+  for section in ("data", "model", "diffusion", "optim", "train", "sample", "mesh"):
+    assert section in config
+
+
+@pytest.mark.parametrize("name,k,lr,inst", [("ade20k", 151, 1e-4, False),
+                                            ("coco_stuff", 183, 1e-4, True),
+                                            ("celebamask_hq", 19, 2e-5, True)])
+def test_published_settings(name, k, lr, inst):
+  c = load(name)
+  assert c.data.image_size == c.model.image_size == 256
+  assert c.data.num_classes == k and c.model.num_classes == k + inst
+  assert c.optim.lr == lr and c.train.batch_size == 40 and c.optim.ema_decay == 0.9999
+  assert c.diffusion.drop_rate == 0.2 and c.diffusion.label_schedule == "classwise"
+  assert (c.sample.respacing, c.sample.guidance_scale, c.sample.dynamic_threshold,
+          c.sample.extrapolation) == ("ddim25", 1.5, 0.95, 0.8)
+  assert c.model.channel_mult == (1, 1, 2, 2, 4, 4) and c.model.model_channels == 256
+
+
+def test_variants():
+  c = load("ade20k", "finetune,runlocal")
+  assert c.optim.lr == 2e-5 and c.data.image_size == c.model.image_size == 32
+  c = load("coco_stuff", "sample1000")
+  assert c.sample.respacing == "" and c.sample.dynamic_threshold == 0.0
+  with pytest.raises(ValueError, match="Unknown config variant"):
+    load("ade20k", "bogus")
+
+
+def test_model_data_mismatch_is_clear():
+  c = load("tiny")
+  c.model.num_classes = 5
+  with pytest.raises(ValueError, match="config.model.num_classes=5"):
+    state_lib.unet_config(c)
+
+
+def test_clu_writers_smoke(tmp_path):
+  from clu import metric_writers
+  writer = metric_writers.create_default_writer(str(tmp_path), just_logging=False)
+  writer.write_scalars(1, {"loss": 0.5, "lr": 1e-4})
+  writer.write_images(1, {"grid": np.zeros((1, 8, 8, 3), np.uint8)})
+  writer.write_hparams({"a": 1, "b": "x"})
+  writer.flush()
+  writer.close()
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
+  logging_writer = metric_writers.create_default_writer(None, just_logging=True)
+  logging_writer.write_scalars(1, {"loss": 0.5})
+  logging_writer.close()
+
+
+def _main(*args, timeout=120):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "scdm_jax.main", *args], env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_main_flags():
+  r = _main(f"--config={REPO / 'configs' / 'tiny.py'}", "--mode=evaluate",
+            "--config.train.batch_size=16")
+  assert r.returncode != 0 and "issue 6" in r.stderr
+  r = _main(f"--config={REPO / 'configs' / 'tiny.py'}", "--mode=train",
+            "--config.train.no_such_key=1")
+  assert r.returncode != 0 and "no_such_key" in r.stderr

@@ -1,0 +1,188 @@
+"""End-to-end training tests on the tiny config (8 forced CPU devices).
+
+The train step is compiled once per process and reused across calls of
+`train_and_evaluate` with the same model/optimizer/batch (train._COMPILED), so the tests
+share one compilation where they can.
+"""
+
+import importlib.util
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from scdm_jax import checkpointing
+from scdm_jax import sample as sample_lib
+from scdm_jax import sharding
+from scdm_jax import state as state_lib
+from scdm_jax import train
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+  spec = importlib.util.spec_from_file_location("tiny_cfg", REPO / "configs" / "tiny.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config()
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return config
+
+
+def _params(workdir, config, ema=False):
+  params, meta, step = sample_lib.load_train_params(
+      config, os.path.join(workdir, "checkpoints"), use_ema=ema)
+  return params, meta, step
+
+
+def _assert_trees_equal(a, b):
+  la = jax.tree_util.tree_leaves_with_path(a)
+  lb = dict(jax.tree_util.tree_leaves_with_path(b))
+  assert len(la) == len(lb)
+  for kp, x in la:
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(lb[kp]), err_msg=str(kp))
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+  straight = str(tmp_path / "straight")
+  resumed = str(tmp_path / "resumed")
+  s3 = train.train_and_evaluate(tiny_config(), straight)
+  assert s3["step"] == 3
+  s2 = train.train_and_evaluate(tiny_config(**{"train.total_steps": 2}), resumed)
+  assert s2["step"] == 2
+  s23 = train.train_and_evaluate(tiny_config(), resumed)
+  assert s23["start_step"] == 2 and s23["step"] == 3
+  assert s23["train_loss"] == s3["train_loss"]
+  cfg = tiny_config()
+  p_a, meta_a, _ = _params(straight, cfg)
+  p_b, meta_b, _ = _params(resumed, cfg)
+  _assert_trees_equal(p_a, p_b)
+  _assert_trees_equal(_params(straight, cfg, ema=True)[0], _params(resumed, cfg, ema=True)[0])
+  assert meta_a["data_pos"] == meta_b["data_pos"] == 3
+  # Nothing left to do: a further call returns immediately.
+  assert train.train_and_evaluate(tiny_config(), resumed)["step"] == 3
+
+
+def test_one_vs_eight_devices_same_loss():
+  """The same global batch on a 1-device mesh and an 8-device (data x fsdp) mesh."""
+  config = tiny_config(**{"mesh.fsdp_min_size": 1024})
+  psi = train.resolve_psi(config)
+  diffusion = train.make_diffusion(config)
+  schedule = train.make_label_schedule(config, psi)
+  rng = np.random.default_rng(0)
+  b, s, k = 8, 16, config.data.num_classes
+  ids = rng.integers(0, k, (b, s, s))
+  host_batch = {"image": rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32),
+                "label": (ids[..., None] == np.arange(k)).astype(np.float32)}
+  losses, params = [], []
+  for devices, mesh_cfg in (([jax.devices()[0]], {"data": 1, "fsdp": 1}),
+                            (jax.devices(), {"data": 2, "fsdp": 4})):
+    mesh = sharding.make_mesh(mesh_cfg, devices=devices)
+    graphs, st, shardings = state_lib.create_train_state(config, mesh, 0)
+    step = train.make_train_step(config, graphs, diffusion, schedule, mesh)
+    bsh = sharding.batch_sharding(mesh)
+    fn = jax.jit(step, in_shardings=(shardings, bsh), out_shardings=(shardings, None))
+    batch = sharding.device_put_tree(host_batch, {"image": bsh, "label": bsh})
+    st, metrics = fn(st, batch)
+    losses.append(float(metrics["loss"]))
+    params.append(jax.device_get(state_lib.to_checkpoint(st)["params"]))
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+  flat0 = jax.tree.leaves(params[0])
+  flat1 = jax.tree.leaves(params[1])
+  for x, y in zip(flat0, flat1):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def _main_cmd(workdir, *extra):
+  return [sys.executable, "-m", "scdm_jax.main", f"--config={REPO / 'configs' / 'tiny.py'}",
+          f"--workdir={workdir}", "--jax_disable_most_optimizations", *extra]
+
+
+def _env(devices=8):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def test_kill9_then_resume_loses_at_most_uncheckpointed_steps(tmp_path):
+  workdir = tmp_path / "killed"
+  ckdir = workdir / "checkpoints"
+  proc = subprocess.Popen(
+      _main_cmd(workdir, "--config.train.total_steps=1000", "--config.train.checkpoint_every=2",
+                "--config.train.keep_last=2"),
+      env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 600
+    done = []
+    while time.time() < deadline:
+      done = sorted(int(p) for p in os.listdir(ckdir)) if ckdir.exists() else []
+      done = [d for d in done if d >= 4]
+      if done:
+        break
+      assert proc.poll() is None, "training exited early"
+      time.sleep(0.5)
+    assert done, "no checkpoint within the time limit"
+  finally:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+  finished = sorted(int(p) for p in os.listdir(ckdir) if p.isdigit())
+  last = finished[-1]
+  # Resume in this process (reuses the compiled step) for one more step.
+  summary = train.train_and_evaluate(tiny_config(**{"train.total_steps": last + 1}),
+                                     str(workdir))
+  assert summary["start_step"] == last  # only steps after the last checkpoint were lost
+  assert summary["step"] == last + 1
+
+
+def test_sigterm_saves_and_exits(tmp_path):
+  workdir = tmp_path / "term"
+  log = tmp_path / "term.log"
+  with open(log, "w") as f:
+    proc = subprocess.Popen(
+        _main_cmd(workdir, "--config.train.total_steps=100000",
+                  "--config.train.checkpoint_every=100000", "--config.train.log_every=1"),
+        env=_env(1), stdout=f, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.time() + 600
+    while time.time() < deadline:
+      text = log.read_text()
+      if re.search(r"train_loss", text):
+        break
+      assert proc.poll() is None, text[-3000:]
+      time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  text = log.read_text()
+  assert rc == 0, text[-3000:]
+  assert "Preempted: saved step" in text
+  steps = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
+  assert steps and max(steps) >= 1
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
+  workdir = str(tmp_path / "nan")
+  train.train_and_evaluate(tiny_config(**{"train.total_steps": 1}), workdir)
+  with pytest.raises(FloatingPointError, match="last good checkpoint"):
+    train.train_and_evaluate(tiny_config(**{"train.total_steps": 3, "optim.lr": float("nan")}),
+                             workdir)
+  ck = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"))
+  assert ck.all_steps() == [1]
+  ck.close()
