@@ -389,9 +389,9 @@ class Editor:
     """
     source = self._images(source, "source")
     m = load_mask(mask, None)
+    _check_same_size([("source", source.shape[1:3]), ("mask", m.shape[-2:])])
     if m.ndim == 2:
       m = np.broadcast_to(m, source.shape[:3])
-    _check_same_size([("source", source.shape[1:3]), ("mask", m.shape[-2:])])
     if m.shape[0] != source.shape[0]:
       raise ValueError(f"mask batch {m.shape[0]} != source batch {source.shape[0]}")
     m = dilate_mask(m, dilate)[..., None]

@@ -17,6 +17,7 @@ SCDM_DISTRIBUTED=1). This file is kept short so that train.py etc. can be import
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 
 from absl import app
@@ -70,7 +71,15 @@ def _initialize_distributed() -> None:
   jax.distributed.initialize(**kwargs)
 
 
+class _QuietOrbax(std_logging.Filter):
+  """Drops orbax's per-save INFO chatter (dozens of lines per checkpoint); keeps warnings."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietOrbax())
   if FLAGS.mode == "corrupt":
     from scdm_jax.data import corrupt  # pylint: disable=g-import-not-at-top
     return corrupt.main(list(argv[1:]))

@@ -156,7 +156,20 @@ def _jit_init(config, graphs: Graphs, shardings: TrainState):
     return TrainState(params=params, rest=rest, opt=opt_state, ema=ema,
                       rng=jax.random.key_data(train_key))
 
-  return jax.jit(init, out_shardings=shardings)
+  jitted = jax.jit(init, out_shardings=shardings)
+  if jax.default_backend() != "cpu":
+    return jitted
+  # The initialiser runs once: on CPU, where XLA's optimising compile of hundreds of random
+  # initialisers takes minutes, compile it with the backend optimisations turned off.
+  compiled = []
+
+  def run(key):
+    if not compiled:
+      compiled.append(jitted.lower(key).compile(compiler_options={
+          "xla_backend_optimization_level": 0,
+          "xla_llvm_disable_expensive_passes": True}))
+    return compiled[0](key)
+  return run
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:

@@ -198,10 +198,9 @@ _WORKER = """
 import sys
 from scdm_jax.data import datasets
 cfg = dict(name="procedural", image_size=8, num_classes=9, num_examples=10)
-names = [n.decode() for b in datasets.create_dataset(
-    cfg, "train", batch_size=1, train=True, seed=0, process_index=int(sys.argv[1]),
-    process_count=2, with_names=True) for n in b["name"]][:5]
-print(",".join(names))
+it = datasets.create_dataset(cfg, "train", batch_size=5, train=True, seed=0,
+                             process_index=int(sys.argv[1]), process_count=2, with_names=True)
+print(",".join(n.decode() for n in next(it)["name"]))
 """
 
 
@@ -212,7 +211,12 @@ def test_two_os_processes_read_disjoint_shards():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(p)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env=env) for p in range(2)]
-  outs = [p.communicate(timeout=120)[0].strip().splitlines()[-1].split(",") for p in procs]
+  try:
+    outs = [p.communicate(timeout=120)[0].strip().splitlines()[-1].split(",") for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
   assert all(p.returncode == 0 for p in procs)
   # One epoch each (5 examples per shard): disjoint, together the whole split.
   assert set(outs[0]).isdisjoint(outs[1]) and len(set(outs[0]) | set(outs[1])) == 10

@@ -88,6 +88,9 @@ def test_fetch_and_delete_dry_run():
   assert "gcloud storage cp -r gs://bucket/runs/ade20k/samples /tmp/s/" in out
   out = _dry("tpu_fetch_samples.sh", WORKDIR="/home/me/run", FETCH_WORKERS="0,1")
   assert out.count("tpu-vm scp scdm-test:/home/me/run/samples") == 2 and "--worker=1" in out
+  out = _dry("tpu_fetch_samples.sh", SAMPLES_DIR="/home/me/out/")
+  assert "tpu-vm scp scdm-test:/home/me/out ./samples-scdm-test/worker0/" in out
+  assert "gcloud storage" not in out
   out = _dry("tpu_delete.sh", YES="1")
   assert out.strip() == ("+ gcloud compute tpus tpu-vm delete scdm-test --zone=us-central2-b "
                          "--project=my-proj --quiet")

@@ -49,7 +49,7 @@ class TinyNet(nnx.Module):
 
 
 def test_25_step_guided_sampler_is_one_program():
-  model = TinyNet(K + 1, nnx.Rngs(0))
+  model = TinyNet(K + 1, nnx.Rngs(rkey(0)))
   graphdef, state = nnx.split(model)
   diff = GaussianDiffusion.create("linear", 1000, "ddim25")
 
@@ -199,3 +199,25 @@ def test_bad_arguments(kwargs, match):
   kwargs = {"num_label_channels": K, **kwargs}
   with pytest.raises(ValueError, match=match):
     sample(toy_model, D5, SCHED, COND, rkey(0), **kwargs)
+
+
+def test_loop_matches_manual_ddim_with_extrapolation():
+  """Item 14 inside the loop: the stored x̂0_prev is the extrapolated, unclipped value."""
+  none = ld.LabelSchedule.create("none")
+  x_init = (3 * RNG.normal(size=(B, H, W, 3))).astype(np.float32)
+  got = jax.jit(lambda k: sample(toy_model, D5, none, COND, k, sampler="ddim", eta=0.0,
+                                 dynamic_threshold=0.9, extrapolation=0.8,
+                                 num_label_channels=K, x_init=x_init, start_index=3))(rkey(0))
+  x, prev = jnp.asarray(x_init), None
+  ac, acp = D5.table("alphas_cumprod"), D5.table("alphas_cumprod_prev")
+  for k in (3, 2, 1, 0):
+    t = jnp.full((B,), k, jnp.int32)
+    out = toy_model(x, D5.original_timesteps(t), jnp.asarray(COND))
+    raw = D5.predict_xstart_from_eps(x, t, out[..., :3])
+    ex = raw if prev is None else raw + 0.8 * (raw - prev)
+    prev = ex
+    s = jnp.maximum(jnp.quantile(jnp.abs(ex).reshape(B, -1), 0.9, axis=-1), 1.0)
+    x0 = jnp.clip(ex, -s[:, None, None, None], s[:, None, None, None]) / s[:, None, None, None]
+    eps = D5.predict_eps_from_xstart(x, t, x0)
+    x = x0 * np.float32(np.sqrt(acp[k])) + np.float32(np.sqrt(1 - acp[k])) * eps
+  np.testing.assert_allclose(got, x, rtol=1e-5, atol=1e-5)

@@ -328,8 +328,9 @@ def make_feature_fn(model: InceptionV3, *, resize: bool = True
                     ) -> Callable[[jax.Array], jax.Array]:
   """A jitted ``images (B, H, W, 3) in [-1, 1] -> (B, 2048)``.
 
-  The weights are closed-over constants of one compiled program per input shape; a batch that
-  is sharded over devices (NamedSharding on the batch axis) is processed data-parallel.
+  The weights are passed to one compiled program per input shape (not baked in as
+  constants, which would bloat compilation); a batch sharded over devices (NamedSharding on
+  the batch axis) is processed data-parallel with the weights replicated.
   """
   graphdef, state = nnx.split(model)
 
