@@ -55,7 +55,7 @@ def test_ddim_stride_property(T, stride):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(10, 500), st.lists(st.integers(1, 5), min_size=1, max_size=4))
+@given(st.integers(20, 500), st.lists(st.integers(1, 5), min_size=1, max_size=4))
 def test_sections_property(T, counts):
   m = schedules.space_timesteps(T, ",".join(map(str, counts)))
   assert len(m) == sum(counts)

@@ -112,7 +112,8 @@ def test_zero_init_gives_zero_output():
   zero_leaves = jax.jit(lambda: [
       v for path, v in nnx.to_flat_state(nnx.state(UNet(cfg, rngs=nnx.Rngs(0)), nnx.Param))
       if path[-2] in ("out_conv", "proj_out")])()
-  assert len(zero_leaves) == 2 * (5 + 2 + 1 + 3)  # ResBlock/attention/output layers
+  # 3 ResBlocks + 7 SDMResBlocks (out_conv), 4 attention blocks (proj_out), the head.
+  assert len(zero_leaves) == 2 * (3 + 7 + 4 + 1)
   assert all(float(jnp.abs(v[...]).max()) == 0 for v in zero_leaves)
   model = torch_import.unet_from_params(cfg, init_params_host(cfg))
   x, t, rng = _inputs(cfg)
