@@ -30,9 +30,9 @@ def get_config(arg=None):
   config.data.shuffle_buffer = 256
 
   config.model.model_channels = 32
-  config.model.channel_mult = (1, 2, 2)
+  config.model.channel_mult = (1, 2)
   config.model.num_res_blocks = 1
-  config.model.attention_resolutions = (4,)  # 8x8 feature map
+  config.model.attention_resolutions = (2,)  # 16x16 feature map
   config.model.num_head_channels = 32
   config.model.num_classes = 9
 
@@ -45,19 +45,19 @@ def get_config(arg=None):
   config.optim.grad_clip = 1.0
   config.optim.ema_decay = 0.995
 
-  config.train.total_steps = 1500
-  config.train.batch_size = 16
-  config.train.log_every = 50
-  config.train.sample_every = 500
+  config.train.total_steps = 600
+  config.train.batch_size = 8
+  config.train.log_every = 25
+  config.train.sample_every = 300
   config.train.num_sample_maps = 4
-  config.train.checkpoint_every = 250
+  config.train.checkpoint_every = 100
   config.train.keep_last = 2
   config.train.keep_every = 0
 
   config.sample.respacing = "ddim25"
   config.sample.guidance_scale = 1.5
   config.sample.num_samples_per_map = 2
-  config.sample.batch_size = 16
+  config.sample.batch_size = 8
   config.sample.source = "validation"
   config.sample.max_maps = 8
   return config

@@ -6,10 +6,12 @@
 * `label_color_sketch(ids, image)`: every class region painted with its mean colour in
   `image` (a "semantic colour sketch").
 * `box_mask(size, box)`: a 0/255 rectangle mask.
+* `relabel(ids, mask, class_id)`: a label edit (the masked pixels become one class).
 
 CLI (numpy + Pillow only):
   python -m scdm_jax.strokes strokes IN.png OUT.png [--colors 6] [--kernel K]
   python -m scdm_jax.strokes box-mask OUT.png --size 32 --box 8,8,24,24   # x0,y0,x1,y1
+  python -m scdm_jax.strokes relabel LABEL.png MASK.png OUT.png --to water --palette procedural
 """
 
 from __future__ import annotations
@@ -83,6 +85,15 @@ def box_mask(size: int | tuple[int, int], box: tuple[int, int, int, int]) -> np.
   return m
 
 
+def relabel(ids: np.ndarray, mask: np.ndarray, class_id: int) -> np.ndarray:
+  """Class ids (H, W) with the pixels where `mask` is nonzero set to `class_id`."""
+  ids, mask = np.asarray(ids), np.asarray(mask)
+  if ids.shape != mask.shape[:2]:
+    raise ValueError(f"label map is {ids.shape[0]}x{ids.shape[1]} but the mask is "
+                     f"{mask.shape[0]}x{mask.shape[1]}")
+  return np.where(mask.reshape(ids.shape) > 0, int(class_id), ids).astype(ids.dtype)
+
+
 def main(argv: list[str] | None = None) -> int:
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from scdm_jax import logging_utils  # pylint: disable=import-outside-toplevel
@@ -98,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
   m.add_argument("output")
   m.add_argument("--size", type=int, required=True)
   m.add_argument("--box", required=True, help="x0,y0,x1,y1 (x1, y1 exclusive)")
+  r = sub.add_parser("relabel", help="set the masked pixels of a label map to one class "
+                     "(writes a palette-coloured label PNG)")
+  r.add_argument("label")
+  r.add_argument("mask")
+  r.add_argument("output")
+  r.add_argument("--to", required=True, help="class name or id")
+  r.add_argument("--palette", default="procedural",
+                 help="class table: a built-in dataset name or a JSON file")
   a = p.parse_args(argv)
   if a.cmd == "strokes":
     if not os.path.exists(a.input):
@@ -105,6 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     with Image.open(a.input) as im:
       arr = np.asarray(im.convert("RGB"))
     logging_utils.save_png(a.output, simulate_strokes(arr, colors=a.colors, kernel=a.kernel))
+  elif a.cmd == "relabel":
+    from scdm_jax import edit  # pylint: disable=import-outside-toplevel
+    from scdm_jax.data import label_io  # pylint: disable=import-outside-toplevel
+    from scdm_jax.data import palettes  # pylint: disable=import-outside-toplevel
+    table = palettes.get_class_table(a.palette)
+    names = list(table.names)
+    if a.to in names:
+      cls = names.index(a.to)
+    elif a.to.isdigit() and int(a.to) < table.num_classes:
+      cls = int(a.to)
+    else:
+      p.error(f"--to {a.to!r} is not a class of {a.palette!r}: {', '.join(names)}")
+    ids, _ = label_io.load_label_map(a.label, num_classes=table.num_classes, palette=table)
+    new = relabel(ids, edit.load_mask(a.mask), cls)
+    logging_utils.save_png(a.output, label_io.colorize(new, table))
   else:
     try:
       box = tuple(int(v) for v in a.box.split(","))

@@ -162,12 +162,18 @@ def test_editor_null_label_is_the_all_zero_condition():
   assert two.shape == (6, 8, 8, 3) and not np.allclose(two[0], two[1])
 
 
-def tiny_unet(cfg, seed=0):
-  model = UNet(cfg, rngs=nnx.Rngs(seed))
-  # The output conv is zero-initialised; give it weights so the network matters.
-  k = model.out_conv.kernel
-  k[...] = 0.05 * jax.random.normal(jax.random.key(seed), k.shape, k.dtype)
-  return model
+def tiny_unet_params(cfg, seed=0):
+  """Random UNet params as a pure dict, made in numpy (initialising the UNet with jax
+  compiles dozens of programs: minutes on a small shared CPU). Norm scales are 1, every
+  other weight (the zero-initialised output conv too) N(0, 0.05^2)."""
+  abstract = nnx.state(nnx.eval_shape(lambda: UNet(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, x):
+    if str(getattr(path[-1], "key", path[-1])) == "scale":
+      return np.ones(x.shape, np.float32)
+    return (0.05 * rng.standard_normal(x.shape)).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(abstract))
 
 
 # ---------------------------------------------------------------- masks and errors
@@ -270,8 +276,7 @@ def test_run_edit_masked_end_to_end(tmp_path):
   spec.loader.exec_module(mod)
   config = mod.get_config()
   config.diffusion.label_schedule = "uniform"  # no psi statistics needed
-  model = tiny_unet(UNetConfig(**config.model.to_dict()))
-  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  params = tiny_unet_params(UNetConfig(**config.model.to_dict()))
   export = str(tmp_path / "export")
   checkpointing.save_export(export, params, json.loads(json.dumps(
       train_lib.run_meta(config, None))))
@@ -306,3 +311,19 @@ def test_run_edit_masked_end_to_end(tmp_path):
   config.edit.label = str(tmp_path / "small.png")
   with pytest.raises(ValueError, match=r"img\.png is 16x16.*small\.png is 8x8"):
     edit.run_edit(config, str(tmp_path))
+
+
+def test_relabel_cli(tmp_path):
+  from scdm_jax.data import label_io
+  ids = np.zeros((8, 8), np.int32)
+  ids[:, 4:] = 2
+  label_io.save_label_png(str(tmp_path / "l.png"), ids)
+  Image.fromarray(strokes.box_mask(8, (0, 0, 2, 3))).save(str(tmp_path / "m.png"))
+  assert strokes.main(["relabel", str(tmp_path / "l.png"), str(tmp_path / "m.png"),
+                       str(tmp_path / "o.png"), "--to", "water"]) == 0
+  got, rep = label_io.load_label_map(str(tmp_path / "o.png"), num_classes=9,
+                                     palette="procedural")
+  want = ids.copy()
+  want[:3, :2] = 3  # water
+  assert rep.mode == "palette"
+  np.testing.assert_array_equal(got, want)

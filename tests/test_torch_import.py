@@ -1,7 +1,5 @@
 """PyTorch checkpoint import: the convert CLI end to end, and clear refusals."""
 
-import subprocess
-import sys
 import textwrap
 
 import jax.numpy as jnp
@@ -60,18 +58,20 @@ def test_convert_cli_end_to_end(tmp_path, fixtures_dir):
   assert np.abs(np.asarray(got) - data["out"]).max() <= 2e-4
 
 
-def test_convert_model_kwargs_and_wrong_class_count(tmp_path, fixtures_dir):
+def test_convert_model_kwargs_and_wrong_class_count(tmp_path, fixtures_dir, capsys):
+  from scdm_jax import convert
+
   data = _fixture(fixtures_dir)
   pt = tmp_path / "model.pt"
   torch.save({k: torch.from_numpy(v) for k, v in _state_dict(data).items()}, pt)
   kwargs = str(data["config"]).replace("'num_classes': 5", "'num_classes': 7")
-  proc = subprocess.run(
-      [sys.executable, "-m", "scdm_jax.convert", "--torch_checkpoint", str(pt),
-       "--model_kwargs", kwargs, "--out", str(tmp_path / "bad")],
-      capture_output=True, text=True, check=False)
-  assert proc.returncode == 1
-  assert "the checkpoint has 5 label channels" in proc.stderr
-  assert "num_classes=7" in proc.stderr
+  status = convert.main(["--torch_checkpoint", str(pt), "--model_kwargs", kwargs,
+                         "--out", str(tmp_path / "bad")])
+  assert status == 1
+  err = capsys.readouterr().err
+  assert "the checkpoint has 5 label channels" in err
+  assert "num_classes=7" in err
+  assert not (tmp_path / "bad").exists()
 
 
 def test_shape_mismatch_names_tensor_and_shapes(fixtures_dir):

@@ -98,7 +98,8 @@ def test_published_structure_and_output_shape():
   cfg = UNetConfig()  # the published ADE20K config
   model = abstract_unet(cfg)
   assert model.num_skips == 18
-  assert isinstance(model.out_conv.kernel.value, jax.ShapeDtypeStruct)  # nothing allocated
+  leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+  assert all(isinstance(v, jax.ShapeDtypeStruct) for v in leaves)  # nothing allocated
   out = nnx.eval_shape(lambda m, x, t, c: m(x, t, c), model,
                        jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32),
                        jax.ShapeDtypeStruct((1,), jnp.int32),
@@ -122,33 +123,39 @@ def test_zero_init_gives_zero_output():
   assert float(jnp.abs(out).max()) == 0.0
 
 
-def test_bf16_forward_close_to_f32_and_remat_identical():
+def test_bf16_forward_close_to_f32():
   params = _random_params(TINY, scale=0.1)
   x, t, rng = _inputs(TINY)
-  cond = jnp.asarray(_onehot(rng, (2, 8, 8), 6))
-  args = (jnp.asarray(x), jnp.asarray(t), cond)
-
-  def fwd(cfg):
-    graphdef, state = nnx.split(torch_import.unet_from_params(cfg, params))
-    return jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *args), (graphdef, state)
-
-  ref, (gd32, st32) = fwd(TINY)
-  bf16, _ = fwd(dataclasses.replace(TINY, dtype="bfloat16"))
+  args = (jnp.asarray(x), jnp.asarray(t), jnp.asarray(_onehot(rng, (2, 8, 8), 6)))
+  ref = _apply(torch_import.unet_from_params(TINY, params), *args)
+  bf16 = _apply(torch_import.unet_from_params(dataclasses.replace(TINY, dtype="bfloat16"),
+                                              params), *args)
   assert bf16.dtype == jnp.float32
   scale = float(jnp.abs(ref).max())
+  assert scale > 0.1
   assert float(jnp.abs(bf16 - ref).max()) <= BF16_REL_TOL * scale
 
-  rcfg = dataclasses.replace(TINY, remat=True)
-  gd_r, st_r = nnx.split(torch_import.unet_from_params(rcfg, params))
 
-  def loss(gd):
-    return lambda s: jnp.sum(jnp.square(nnx.merge(gd, s)(*args)))
+def test_remat_same_output_and_gradients():
+  # One level (ResBlock + attention, middle, decoder): small graph, every block kind.
+  cfg = UNetConfig(image_size=8, model_channels=32, channel_mult=(1,), num_res_blocks=1,
+                   attention_resolutions=(1,), num_head_channels=16, num_classes=6)
+  params = _random_params(cfg, scale=0.1)
+  x, t, rng = _inputs(cfg)
+  args = (jnp.asarray(x), jnp.asarray(t), jnp.asarray(_onehot(rng, (2, 8, 8), 6)))
 
-  l0, g0 = jax.jit(jax.value_and_grad(loss(gd32)))(st32)
-  l1, g1 = jax.jit(jax.value_and_grad(loss(gd_r)))(st_r)
+  def value_and_grad(c):
+    graphdef, state = nnx.split(torch_import.unet_from_params(c, params))
+    loss = lambda s: jnp.sum(jnp.square(nnx.merge(graphdef, s)(*args)))
+    return jax.jit(jax.value_and_grad(loss))(state)
+
+  l0, g0 = value_and_grad(cfg)
+  l1, g1 = value_and_grad(dataclasses.replace(cfg, remat=True))
   np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    # Same maths; XLA may fuse the recomputed blocks differently (float rounding only).
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4,
+                               atol=1e-5 * float(np.abs(np.asarray(a)).max()))
 
 
 def test_config_from_reference_and_validation(fixtures_dir):

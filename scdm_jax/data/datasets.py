@@ -13,9 +13,11 @@ shards are disjoint and cover the split.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -210,6 +212,50 @@ class ExampleLoader:
     return out
 
 
+_LIVE_ITERATORS: "weakref.WeakSet[BatchIterator]" = weakref.WeakSet()
+
+
+def _close_all_iterators() -> None:
+  for it in list(_LIVE_ITERATORS):
+    it.close()
+
+
+# tf.data runs our numpy_function loaders on its own threads. If a pipeline is still alive
+# when Python finalises, those threads wait for the GIL while the interpreter waits for them:
+# the process hangs at exit. Closing every live pipeline at exit (before finalisation) avoids it.
+atexit.register(_close_all_iterators)
+
+
+class BatchIterator:
+  """Iterator of numpy batches over a tf.data pipeline; `close()` stops its threads."""
+
+  def __init__(self, ds):
+    self._it = iter(ds.as_numpy_iterator())
+    _LIVE_ITERATORS.add(self)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._it is None:
+      raise StopIteration
+    return next(self._it)
+
+  def close(self) -> None:
+    """Releases the pipeline (its threads and prefetch buffers); idempotent."""
+    it, self._it = self._it, None
+    if it is not None:
+      del it
+      import gc  # pylint: disable=import-outside-toplevel
+      gc.collect()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
 class IndexMap:
   """Position k in this host's example stream -> (example index, epoch).
 
@@ -337,7 +383,7 @@ def create_dataset(data_config, split: str, *, batch_size: int, train: bool, see
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options)
-  return iter(ds.as_numpy_iterator())
+  return BatchIterator(ds)
 
 
 def one_hot_ids(ids: np.ndarray, num_classes: int) -> np.ndarray:

@@ -49,7 +49,7 @@ from flax import nnx
 from scdm_jax.evaluation import _npz
 from scdm_jax.evaluation import miou
 
-__all__ = ["ProxySegNet", "ProxySegmenter", "save_proxy", "load_proxy", "train_proxy",
+__all__ = ["ProxySegNet", "init_proxy", "ProxySegmenter", "save_proxy", "load_proxy", "train_proxy",
            "procedural_arrays", "evaluate_on_procedural", "proxy_weight_shapes",
            "FORMAT", "IMPLEMENTATION"]
 
@@ -123,6 +123,14 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 def _abstract(num_classes: int, width: int) -> ProxySegNet:
   return nnx.eval_shape(lambda: ProxySegNet(num_classes, width, rngs=nnx.Rngs(0)))
+
+
+def init_proxy(num_classes: int, width: int = 16, seed: int = 0) -> ProxySegNet:
+  """A freshly initialised network, built in one compiled program (eager initialisation
+  dispatches one small program per parameter, which takes a minute on a busy CPU)."""
+  graphdef, _ = nnx.split(_abstract(num_classes, width))
+  state = jax.jit(lambda: nnx.state(ProxySegNet(num_classes, width, rngs=nnx.Rngs(seed))))()
+  return nnx.merge(graphdef, state)
 
 
 def proxy_weight_shapes(num_classes: int, width: int) -> dict[str, tuple[int, ...]]:
@@ -335,7 +343,7 @@ def train_proxy(out_dir: str | os.PathLike, *, steps: int = 600, image_size: int
   t0 = time.time()
   images, ids = procedural_arrays(num_train, image_size=image_size, split="proxy_train",
                                   seed=0)
-  model = ProxySegNet(num_classes, width, rngs=nnx.Rngs(seed))
+  model = init_proxy(num_classes, width, seed)
   graphdef, params = nnx.split(model, nnx.Param)
   schedule = optax.cosine_decay_schedule(lr, steps, alpha=0.05)
   tx = optax.adam(schedule)

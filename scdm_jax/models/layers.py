@@ -13,7 +13,7 @@ float32 (as the reference's `GroupNorm32`), and attention logits/softmax in floa
 (`jax.nn.dot_product_attention` does that for bfloat16 inputs).
 
 Blocks keep no references to other blocks (tree-mode safe), and constructors only create
-parameters from `rngs`, so `nnx.eval_shape` builds an abstract model without allocation.
+parameters from keys derived from the UNet's `rngs` (see `KeyGen`), so `nnx.eval_shape` builds an abstract model without allocation.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _torch_uniform(fan_in: int):
 
 
 class KeyGen:
-  """Hands out parameter-init keys `fold_in(base, i)`, i = 0, 1, ...
+  """Hands out parameter-init keys `fold_in(base, i)`, i = 1, 2, ...
 
   A plain Python object used only during construction (never stored on a module): the
   UNet draws one key from its `nnx.Rngs` and derives all others from it. This keeps
