@@ -594,10 +594,11 @@ def run_edit(config, workdir: str | None) -> dict[str, Any]:
 
   is_main = jax.process_index() == 0
   bar = logging_utils.ProgressBar(0, "edit", unit="steps", enabled=is_main)
+  done = {"steps": 0}  # steps of the batches already finished
 
   def progress(step, total):
-    bar.total = total
-    bar.update(step)
+    # Absolute counts: repeated calls (one per device in a sharded program) are harmless.
+    bar.update(done["steps"] + min(step, total))
 
   k = int(config.data.num_classes)
   editor = Editor(model, diffusion, label_schedule, num_classes=k,
@@ -616,6 +617,8 @@ def run_edit(config, workdir: str | None) -> dict[str, Any]:
   n_per = max(1, int(ec["num_samples"]))
   batch = max(1, int(sc.batch_size) // n_per)
   base_key = jax.random.key(int(sc.seed))
+  steps_per_batch = int(ec["repeats"]) * (k0 + 1)
+  bar.total = -(-len(guides) // batch) * steps_per_batch
   logging.info("Editing %d image(s) from %s: %s, t0=%s -> start index %d of %d (alpha-bar "
                "%.4f, timestep %d), %d repeat(s).", len(guides), where,
                "masked" if masked else "SDEdit", ec["t0"], k0, diffusion.num_timesteps,
@@ -670,6 +673,7 @@ def run_edit(config, workdir: str | None) -> dict[str, Any]:
           logging_utils.save_png(os.path.join(out_dir, "masks", f"{name}.png"),
                                  np.repeat((m * 255).astype(np.uint8)[..., None], 3, -1))
     written += len(names)
+    done["steps"] += steps_per_batch
   bar.close()
   logging.info("Wrote %d x %d edited images to %s.", written, n_per, out_dir)
   return {"count": written, "samples_per_input": n_per, "output_dir": out_dir,

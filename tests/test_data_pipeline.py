@@ -148,8 +148,14 @@ def test_noise_needs_an_unlabeled_class(trees):
   with pytest.raises(ValueError, match="unlabeled_to_zero=True"):
     datasets.create_dataset(cfg, "validation", batch_size=1, train=False, seed=0)
   cfg["unlabeled_to_zero"] = True
+  cfg["use_instance"] = True  # CelebA: edges from the label map, the *clean* one
   b = next(datasets.create_dataset(cfg, "validation", batch_size=1, train=False, seed=0))
   assert 0.03 < (b["label"].sum(-1) == 0).mean() < 0.2
+  clean = next(datasets.create_dataset(dict(cfg, noise="none"), "validation", batch_size=1,
+                                       train=False, seed=0))
+  np.testing.assert_array_equal(b["edge"], clean["edge"])
+  np.testing.assert_array_equal(
+      clean["edge"][0, ..., 0], noisy.boundary_map(clean["label"][0].argmax(-1)))
 
 
 def test_procedural_train_batches_and_attribute_config():

@@ -132,6 +132,16 @@ def test_same_seed_same_output_and_progress():
   assert steps == list(range(1, total + 1)) and {t for _, t in calls} == {total}
 
 
+def test_one_program_one_scan_per_repeat():
+  f = _program(edit.start_index_for(D20, t0=0.5), D20, 3, True, None)
+  g = np.zeros((2, 8, 8, 3), np.float32)
+  text = f.lower(g, np.zeros((2, 8, 8, K), np.float32), np.ones((2, 8, 8, 1), np.float32),
+                 rkey(0)).as_text()
+  main = text[text.index("func.func public @main"):]
+  main = main[:main.index("func.func", 10)] if "func.func" in main[10:] else main
+  assert main.count("stablehlo.while") == 3  # K = 3 scans; no per-step unrolling
+
+
 def test_masked_keeps_source_exactly_analytic():
   rng = np.random.default_rng(0)
   src = np.clip(rng.normal(size=GUIDE.shape), -1, 1).astype(np.float32)
@@ -327,3 +337,16 @@ def test_relabel_cli(tmp_path):
   want[:3, :2] = 3  # water
   assert rep.mode == "palette"
   np.testing.assert_array_equal(got, want)
+
+
+def test_config_edit_section_matches_defaults():
+  import importlib.util
+  here = os.path.dirname(os.path.abspath(__file__))
+  spec = importlib.util.spec_from_file_location(
+      "default_cfg", os.path.join(here, "..", "configs", "default.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config()
+  if "edit" not in config:
+    pytest.skip("configs/default.py has no edit section yet (run_edit uses EDIT_DEFAULTS)")
+  assert config.edit.to_dict() == edit.EDIT_DEFAULTS

@@ -6,7 +6,6 @@ import pathlib
 
 import ml_collections
 import numpy as np
-from flax import nnx
 from PIL import Image
 import pytest
 
@@ -36,11 +35,12 @@ def files(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("evaluate")
   # Random-weight networks of the right layouts (no real weights can be downloaded).
   proxy_path = tmp / "proxy.npz"
-  proxy.save_proxy(proxy_path, proxy.ProxySegNet(9, 8, rngs=nnx.Rngs(0)),
+  proxy.save_proxy(proxy_path, proxy.init_proxy(9, 8),
                    {"image_size": SIZE, "num_classes": 9, "width": 8})
-  lpips_path = tmp / "lpips.npz"
-  lpips.save_lpips_npz(lpips.LPIPS(rngs=nnx.Rngs(0)), lpips_path)
   rng = np.random.default_rng(0)
+  lpips_path = tmp / "lpips.npz"
+  np.savez(lpips_path, **{k: np.abs(rng.standard_normal(s)).astype(np.float32) * 0.1
+                          for k, s in lpips.lpips_weight_shapes().items()})
   arrays = {}
   for k, shape in inception.inception_weight_shapes().items():
     if k.endswith("conv.weight"):
@@ -67,7 +67,22 @@ def files(tmp_path_factory):
           "inception": inception_path, "samples": samples}
 
 
-def test_evaluate_writes_json_with_all_metrics(files):
+def _cheap_inception(monkeypatch):
+  """The weights file is still loaded and checked by the real `load_inception`; only the
+  299 px forward pass (a minute of CPU, tested in test_eval_inception.py) is replaced by
+  2048-d colour statistics: the plumbing is what is tested here."""
+  import jax.numpy as jnp
+
+  def make_feature_fn(model, **kw):
+    del model, kw
+    return lambda x: jnp.tile(jnp.concatenate([x.mean((1, 2)), x.std((1, 2))], -1),
+                              (1, 342))[:, :inception.FEATURE_DIM]
+
+  monkeypatch.setattr(inception, "make_feature_fn", make_feature_fn)
+
+
+def test_evaluate_writes_json_with_all_metrics(files, monkeypatch):
+  _cheap_inception(monkeypatch)
   config = tiny_config(files["tmp"])
   config.eval.samples_dir = str(files["samples"])
   config.eval.proxy_weights = str(files["proxy"])
@@ -76,6 +91,7 @@ def test_evaluate_writes_json_with_all_metrics(files):
   config.eval.segmenter = "proxy_procedural"  # any registered segmenter works for "miou"
   config.eval.segmenter_weights = str(files["proxy"])
   config.eval.kid_subsets = 5
+  config.eval.fid_stats = str(files["tmp"] / "ref_stats.npz")  # written on first use
   config.eval.batch_size = 4
   rep = evaluate_lib.evaluate(config, str(files["tmp"]))
   on_disk = json.loads(pathlib.Path(config.eval.output).read_text())
@@ -95,6 +111,7 @@ def test_evaluate_writes_json_with_all_metrics(files):
   assert "299 bilinear" in on_disk["resize_mode"]
   assert "PROXY" in on_disk["implementation"] and on_disk["proxy_note"]
   assert on_disk["label_condition"] == "none"
+  assert pathlib.Path(config.eval.fid_stats).is_file()
 
 
 def test_auto_metrics_proxy_only_default_workdir_layout(files, tmp_path):

@@ -152,10 +152,11 @@ def test_remat_same_output_and_gradients():
   l0, g0 = value_and_grad(cfg)
   l1, g1 = value_and_grad(dataclasses.replace(cfg, remat=True))
   np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+  # Same maths; XLA may fuse the recomputed blocks differently (float rounding only, which
+  # matters for gradients that cancel to ~0, e.g. conv biases in front of a GroupNorm).
+  scale = max(float(np.abs(np.asarray(a)).max()) for a in jax.tree.leaves(g0))
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-    # Same maths; XLA may fuse the recomputed blocks differently (float rounding only).
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4,
-                               atol=1e-5 * float(np.abs(np.asarray(a)).max()))
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6 * scale)
 
 
 def test_config_from_reference_and_validation(fixtures_dir):

@@ -197,6 +197,8 @@ class ExampleLoader:
     img, label, inst = transforms.preprocess(image, label, inst, image_size=self.image_size,
                                              train=self.train, rng=rng, flip=self.flip)
     unl = self.source.unlabeled_class
+    # Without instance maps the (uncorrupted) label map gives the edge channel.
+    edge_src = inst if inst is not None else label
     if self.noise in ("edge", "random"):
       target = -1 if (self.unlabeled_to_zero or unl is None) else unl
       label = transforms.apply_noise(label, self.noise, unlabeled=target, instance=inst,
@@ -207,8 +209,7 @@ class ExampleLoader:
                                                            np.float32),
            "label": label.astype(np.int32)}
     if self.use_instance:
-      src = inst if inst is not None else label
-      out["edge"] = noisy.boundary_map(src).astype(np.float32)[..., None]
+      out["edge"] = noisy.boundary_map(edge_src).astype(np.float32)[..., None]
     return out
 
 
@@ -352,6 +353,7 @@ def create_dataset(data_config, split: str, *, batch_size: int, train: bool, see
     out = loader(i, epoch)
     return [out[key] for key in keys] + [names[i].encode()]
 
+  @tf.autograph.experimental.do_not_convert  # plain graph code; no AutoGraph needed
   def load_tf(k):
     vals = tf.numpy_function(load_np, [k], tout + [tf.string], stateful=False)
     out = {}
@@ -367,6 +369,7 @@ def create_dataset(data_config, split: str, *, batch_size: int, train: bool, see
               deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=drop)
 
+  @tf.autograph.experimental.do_not_convert
   def finish(b):
     b = dict(b)
     lab = b["label"]
