@@ -1,6 +1,6 @@
 """Input-pipeline throughput (examples/s), written as JSON.
 
-  python -m scdm_jax.data.bench --out bench_data.json [--image-size 256] [--batch-size 8]
+  python bench/bench_data.py --out bench_data.json [--image-size 256] [--batch-size 8]
 
 Builds a fake ADE20K tree (JPEG images of ADE-like size, 384 x 512) and a fake COCO-Stuff tree
 (with instance maps) in a temporary folder, then times `create_dataset` in train mode
@@ -62,7 +62,7 @@ def run(image_size: int = 256, batch_size: int = 8, batches: int = 8, num: int =
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m scdm_jax.data.bench", description=__doc__)
+  p = argparse.ArgumentParser(prog="python bench/bench_data.py", description=__doc__)
   p.add_argument("--out", required=True)
   p.add_argument("--image-size", type=int, default=256)
   p.add_argument("--batch-size", type=int, default=8)
