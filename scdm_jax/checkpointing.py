@@ -74,7 +74,8 @@ def save_export(directory: str | os.PathLike, params: Mapping[str, Any],
         f"save_export({path!r}): meta must contain a 'model' entry with the UNetConfig "
         f"fields; got keys {sorted(meta)}.")
   # Orbax's StandardSave wants arrays; numpy leaves are fine. Scalars become 0-d arrays.
-  params = jax.tree.map(np.asarray if _is_host_leaf else (lambda x: x), dict(params))
+  # jax.Arrays (possibly sharded over hosts) are saved as they are; anything else -> numpy.
+  params = jax.tree.map(lambda x: np.asarray(x) if _is_host_leaf(x) else x, dict(params))
   with ocp.Checkpointer(
       ocp.CompositeCheckpointHandler(handler_registry=_export_registry())) as ckptr:
     ckptr.save(

@@ -335,7 +335,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str
   if "proxy" in nets and nets["proxy"].image_size != size:
     resize += f"; -> {nets['proxy'].image_size} bilinear (antialias) for the proxy"
   out_path = es["output"] or os.path.join(workdir or ".", "eval", "report.json")
-  rep = report.write_report(
+  import jax  # pylint: disable=g-import-not-at-top
+  # Every process computes the same numbers (single-host evaluation); one writes them.
+  write = report.write_report if jax.process_index() == 0 else _report_dict
+  rep = write(
       out_path, metrics, implementation="; ".join(f"{m}: {v}" for m, v in impl.items()),
       weights_hash=hashes, resize_mode=resize, num_samples=len(names),
       seed=int(config.sample.seed), details=details, samples_dir=os.path.abspath(samples_dir),
@@ -346,6 +349,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str
                   "comparable to published numbers.") if "proxy" in nets else None)
   logging.info("Wrote %s: %s", out_path, {m: v for m, v in rep["metrics"].items()})
   return rep
+
+
+def _report_dict(path, metrics, **kw):
+  del path
+  return {"metrics": dict(metrics), **kw}
 
 
 def _batches(images: np.ndarray, ids: np.ndarray, bs: int):

@@ -265,13 +265,18 @@ class ProxySegmenter:
     return self._batched(self._feats, images).astype(np.float64)
 
 
-@miou.register_segmenter("proxy_procedural")
 def _factory(weights_path, num_classes: int, **kwargs) -> ProxySegmenter:
   model, meta = load_proxy(weights_path)
   if int(meta["num_classes"]) != int(num_classes):
     raise ValueError(f"Proxy segmenter {weights_path} predicts {meta['num_classes']} classes; "
                      f"the evaluation has num_classes={num_classes}.")
   return ProxySegmenter(model, meta, **kwargs)
+
+
+# Guarded: `python -m scdm_jax.evaluation.proxy` runs this file as __main__ and a later
+# `import scdm_jax.evaluation.proxy` would otherwise register a second, equal factory.
+if "proxy_procedural" not in miou.available_segmenters():
+  miou.register_segmenter("proxy_procedural")(_factory)
 
 
 def load_segmenter(path: str | os.PathLike, **kwargs) -> ProxySegmenter:
