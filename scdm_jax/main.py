@@ -5,7 +5,7 @@ Modes:
   sample    write samples for a dataset split or for your own label PNGs (config.sample).
   export    write an inference checkpoint (EMA params, model config, class table) from the
             newest training checkpoint to <workdir>/export (or --export_dir).
-  evaluate  not implemented yet (issue 6).
+  evaluate  metrics of the samples against a split (scdm_jax/evaluate.py, issue 6).
   corrupt   the noisy-label benchmark: passes the remaining arguments after `--` to
             `python -m scdm_jax.data.corrupt`.
 
@@ -120,10 +120,13 @@ def main(argv):
       raise app.UsageError("--workdir is required for --mode export")
     export.export_from_workdir(config, workdir, FLAGS.export_dir)
   elif FLAGS.mode == "evaluate":
-    raise NotImplementedError(
-        "--mode evaluate is not implemented yet (see issue 6, evaluation). To evaluate now, "
-        "write samples with --mode sample (PNGs under <workdir>/samples/sample_0/) and run "
-        "an external FID tool on them.")
+    try:
+      from scdm_jax import evaluate  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise NotImplementedError(
+          "--mode evaluate needs scdm_jax/evaluate.py (issue 6), which is missing: write "
+          "samples with --mode sample and run an external FID tool on them.") from e
+    evaluate.evaluate(config, workdir)
   return 0
 
 

@@ -1,7 +1,6 @@
 """Export + sampling from a palette PNG; class-table mismatch refused."""
 
 import importlib.util
-import os
 import pathlib
 
 import jax

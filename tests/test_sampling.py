@@ -209,7 +209,7 @@ def test_loop_matches_manual_ddim_with_extrapolation():
                                  dynamic_threshold=0.9, extrapolation=0.8,
                                  num_label_channels=K, x_init=x_init, start_index=3))(rkey(0))
   x, prev = jnp.asarray(x_init), None
-  ac, acp = D5.table("alphas_cumprod"), D5.table("alphas_cumprod_prev")
+  acp = D5.table("alphas_cumprod_prev")
   for k in (3, 2, 1, 0):
     t = jnp.full((B,), k, jnp.int32)
     out = toy_model(x, D5.original_timesteps(t), jnp.asarray(COND))

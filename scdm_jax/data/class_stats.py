@@ -15,12 +15,12 @@ resizing, up to nearest-resize rounding). --dataset procedural needs no --root.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 
+from scdm_jax import atomic
 from scdm_jax.data import layouts
 from scdm_jax.data import palettes
 from scdm_jax.data import procedural
@@ -70,10 +70,7 @@ def run(dataset: str, root: str | None, out: str, *, split: str = "train",
   stats = accumulate(maps, table.num_classes, total=n, quiet=quiet)
   psi = psi_from_statistics(stats["area_fraction_sum"], stats["image_count"],
                             absent_value=absent_value)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  tmp = out + ".tmp.npy"
-  np.save(tmp, np.asarray(psi, np.float64))
-  os.replace(tmp, out)
+  atomic.write_npy(out, np.asarray(psi, np.float64))
   hist_path = os.path.splitext(out)[0] + "_hist.json"
   hist = {"dataset": dataset, "split": split, "num_images": n,
           "names": list(table.names),
@@ -81,9 +78,7 @@ def run(dataset: str, root: str | None, out: str, *, split: str = "train",
           "image_count": stats["image_count"].tolist(),
           "area_fraction_sum": stats["area_fraction_sum"].tolist(),
           "psi": np.asarray(psi).tolist()}
-  with open(hist_path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(hist, f, indent=1)
-  os.replace(hist_path + ".tmp", hist_path)
+  atomic.write_json(hist_path, hist)
   return {"psi": np.asarray(psi), **stats, "hist_path": hist_path}
 
 

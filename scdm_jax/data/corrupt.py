@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import sys
 import zlib
 
 import numpy as np
 
-from scdm_jax.data import label_io
+from scdm_jax import atomic
 from scdm_jax.data import layouts
 from scdm_jax.data import noisy
 from scdm_jax.data.progress import progress
@@ -76,14 +75,11 @@ def run(dataset: str, root: str, split: str, variant: str, out: str, *, seed: in
     from PIL import Image  # pylint: disable=import-outside-toplevel
     img = Image.fromarray(res.astype(np.uint8) if res.max(initial=0) < 256 else
                           res.astype(np.uint16))
-    label_io.atomic_save(img, os.path.join(out, os.path.basename(ex.label)))
+    atomic.save_image(img, os.path.join(out, os.path.basename(ex.label)))
   meta = {"dataset": dataset, "root": os.path.abspath(root), "split": split,
           "variant": variant, "seed": seed, "size": size, "rate": rate,
           "unlabeled_value": unl, "count": len(examples)}
-  tmp = os.path.join(out, ".corrupt.json.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(meta, f, indent=1)
-  os.replace(tmp, os.path.join(out, "corrupt.json"))
+  atomic.write_json(os.path.join(out, "corrupt.json"), meta)
   return len(examples)
 
 

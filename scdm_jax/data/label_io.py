@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from scdm_jax import atomic
 from scdm_jax.data import layouts
 from scdm_jax.data import noisy
 from scdm_jax.data import palettes
@@ -186,14 +187,5 @@ def save_label_png(path: str, ids: np.ndarray) -> None:
     raise ValueError(f"{path}: cannot store id -1 (unknown) in a PNG; pick an unknown_value")
   img = Image.fromarray(ids.astype(np.uint8)) if ids.max(initial=0) < 256 else \
       Image.fromarray(ids.astype(np.uint16))
-  atomic_save(img, path)
+  atomic.save_image(img, path)
 
-
-def atomic_save(img, path: str) -> None:
-  """Saves a PIL image to a temporary file in the same folder, then renames it into place."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-  fmt = os.path.splitext(path)[1].lstrip(".").upper() or "PNG"
-  img.save(tmp, format="JPEG" if fmt == "JPG" else fmt)
-  os.replace(tmp, path)

@@ -164,7 +164,7 @@ def list_examples(dataset: str, root: str, split: str, *, require_images: bool =
   Raises:
     FileNotFoundError: a folder of the layout is missing, or the split has no label files.
   """
-  spec = get_spec(dataset)
+  get_spec(dataset)  # refuses an unknown dataset name early
   split = canonical_split(split)
   root = os.path.expanduser(root)
   hint = _HINTS[dataset]

@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from scdm_jax import atomic
 from scdm_jax.evaluation import _npz, _torch_convert, inception
 
 
@@ -31,7 +32,7 @@ def convert(torch_path: str, out_path: str) -> str:
                     "pytorch-fid Inception weights",
                     "Expected pytorch-fid's pt_inception-2015-12-05 state dict (FID Inception, "
                     "not torchvision's ImageNet Inception).")
-  _torch_convert.write_npz_atomic(out_path, arrays)
+  atomic.write_npz(out_path, arrays)
   inception.load_inception(out_path)  # Proves the file round-trips.
   return _npz.sha256_file(out_path)
 

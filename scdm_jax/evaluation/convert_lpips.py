@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from scdm_jax import atomic
 from scdm_jax.evaluation import _npz, _torch_convert, lpips
 
 
@@ -37,7 +38,7 @@ def convert(alexnet_path: str | None, lin_path: str, out_path: str) -> str:
         arrays[k] = v.astype(np.float32)
   _npz.check_arrays(arrays, lpips.lpips_weight_shapes(), f"{alexnet_path} + {lin_path}",
                     "LPIPS weights", "Expected torchvision AlexNet + LPIPS v0.1 alex heads.")
-  _torch_convert.write_npz_atomic(out_path, arrays)
+  atomic.write_npz(out_path, arrays)
   lpips.load_lpips(out_path)
   return _npz.sha256_file(out_path)
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import numpy as np
 
+from scdm_jax import atomic
 from scdm_jax.evaluation import _npz
 
 __all__ = [
@@ -182,15 +182,7 @@ def save_stats(path: str | os.PathLike, mu: Any, sigma: Any, **meta: Any) -> Non
   path.parent.mkdir(parents=True, exist_ok=True)
   arrays = {"mu": mu, "sigma": sigma}
   arrays.update({f"meta_{k}": np.asarray(v) for k, v in meta.items()})
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  atomic.write_npz(path, arrays)
 
 
 def load_stats(path: str | os.PathLike, *, dim: int | None = None

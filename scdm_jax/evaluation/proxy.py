@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import pathlib
-import tempfile
 import time
 from typing import Any
 
@@ -46,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scdm_jax import atomic
 from scdm_jax.evaluation import _npz
 from scdm_jax.evaluation import miou
 
@@ -159,17 +159,7 @@ def save_proxy(path: str | os.PathLike, model: ProxySegNet, meta: dict[str, Any]
   pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   arrays = {k: np.asarray(v, np.float32) for k, v in _flatten(pure).items()}
   arrays["meta_json"] = np.array(json.dumps(meta, sort_keys=True))
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  atomic.write_npz(path, arrays)
   return _npz.sha256_file(path)
 
 

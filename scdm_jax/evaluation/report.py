@@ -12,11 +12,11 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from scdm_jax import atomic
 from scdm_jax.evaluation._npz import sha256_file
 
 __all__ = ["write_report", "read_report", "weights_hashes", "sha256_file", "SCHEMA_VERSION"]
@@ -90,20 +90,7 @@ def write_report(path: str | os.PathLike, metrics: Mapping[str, Any], *, impleme
     if k in report:
       raise ValueError(f"write_report: extra field {k!r} would overwrite a standard field.")
     report[k] = _jsonable(v)
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  text = json.dumps(report, indent=2, sort_keys=False, allow_nan=False) + "\n"
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  atomic.write_json(path, report, indent=2, allow_nan=False)
   return report
 
 
