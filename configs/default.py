@@ -97,6 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.warmup_steps = 0  # linear warm-up from 0 (0 = constant lr)
   config.optim.grad_clip = 0.0  # global-norm clipping (0 = off)
   config.optim.ema_decay = 0.9999
+  config.optim.ema_warmup = False  # True: decay min(ema_decay, (1+n)/(10+n)); not in the reference
 
   # -------------------------------------------------------------------------- train
   config.train = ml_collections.ConfigDict()
@@ -131,6 +132,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sample.checkpoint = ""  # inference checkpoint dir ("" = <workdir>/export, else latest train ckpt)
   config.sample.use_ema = True  # train checkpoints only: EMA (default) or raw params
   config.sample.output_dir = ""  # "" = <workdir>/samples
+
+  # --------------------------------------------------------------------------- edit
+  config.edit = ml_collections.ConfigDict()  # --mode edit (docs/editing.md)
+  config.edit.guide = ""  # guide (SDEdit) / source (masked) image: PNG or folder
+  config.edit.mask = ""  # "" = SDEdit; else mask PNG/folder, 0/1 or 0/255 (1 = regenerate)
+  config.edit.label = ""  # "" = unconditional (null label); else label PNG/folder
+  config.edit.strokes = ""  # masked mode: strokes pasted inside the mask
+  config.edit.t0 = 0.5  # noise level on the linear-VP T=1000 scale, (0, 1]
+  config.edit.alpha_bar = 0.0  # > 0: use this alpha-bar instead of t0
+  config.edit.repeats = 1  # K
+  config.edit.respacing = "ddim25"  # "" = the full chain
+  config.edit.eta = 1.0  # DDIM only
+  config.edit.dilate = 0  # mask dilation in pixels
+  config.edit.num_samples = 1
+  config.edit.output_dir = ""  # "" = <workdir>/edits
+
+  # --------------------------------------------------------------------------- eval
+  config.eval = ml_collections.ConfigDict()  # --mode evaluate (docs/evaluation.md)
+  config.eval.metrics = "auto"  # comma list of fid,kid,lpips,miou,proxy_miou,proxy_fd | auto
+  config.eval.samples_dir = ""  # "" = sample.output_dir, else <workdir>/samples
+  config.eval.split = ""  # "" = data.eval_split
+  config.eval.max_images = 0
+  config.eval.batch_size = 50
+  config.eval.inception_weights = ""  # npz from scdm_jax.evaluation.convert_inception
+  config.eval.fid_stats = ""  # cached reference stats npz: read if present, else written
+  config.eval.kid_subsets = 100
+  config.eval.kid_subset_size = 1000
+  config.eval.lpips_weights = ""
+  config.eval.lpips_variant = "lpips"  # lpips | stargan_v2 (SCDM's double normalisation)
+  config.eval.segmenter = ""  # registry name (e.g. proxy_procedural)
+  config.eval.segmenter_weights = ""
+  config.eval.proxy_weights = ""  # proxy segmenter npz (python -m scdm_jax.evaluation.proxy)
+  config.eval.output = ""  # "" = <workdir>/eval/report.json
 
   # -------------------------------------------------------------------------- mesh
   config.mesh = ml_collections.ConfigDict()

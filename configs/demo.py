@@ -44,8 +44,9 @@ def get_config(arg=None):
   config.optim.warmup_steps = 100
   config.optim.grad_clip = 1.0
   config.optim.ema_decay = 0.995
+  config.optim.ema_warmup = True  # a short run: keep the EMA close to recent weights
 
-  config.train.total_steps = 600
+  config.train.total_steps = 400
   config.train.batch_size = 8
   config.train.log_every = 25
   config.train.sample_every = 300

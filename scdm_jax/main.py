@@ -5,7 +5,9 @@ Modes:
   sample    write samples for a dataset split or for your own label PNGs (config.sample).
   export    write an inference checkpoint (EMA params, model config, class table) from the
             newest training checkpoint to <workdir>/export (or --export_dir).
-  evaluate  metrics of the samples against a split (scdm_jax/evaluate.py, issue 6).
+  edit      SDEdit from strokes, or masked regeneration after a label edit (config.edit;
+            docs/editing.md).
+  evaluate  metrics of the samples against a split (config.eval; docs/evaluation.md).
   corrupt   the noisy-label benchmark: passes the remaining arguments after `--` to
             `python -m scdm_jax.data.corrupt`.
 
@@ -32,7 +34,7 @@ config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (configs/*.py[:variant]).",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate", "export", "corrupt"],
+flags.DEFINE_enum("mode", "train", ["train", "sample", "edit", "evaluate", "export", "corrupt"],
                   "What to do.")
 flags.DEFINE_string("export_dir", None, "--mode export: target (default <workdir>/export).")
 flags.DEFINE_bool("distributed", None,
@@ -119,13 +121,11 @@ def main(argv):
     if not workdir:
       raise app.UsageError("--workdir is required for --mode export")
     export.export_from_workdir(config, workdir, FLAGS.export_dir)
+  elif FLAGS.mode == "edit":
+    from scdm_jax import edit  # pylint: disable=g-import-not-at-top
+    edit.run_edit(config, workdir)
   elif FLAGS.mode == "evaluate":
-    try:
-      from scdm_jax import evaluate  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise NotImplementedError(
-          "--mode evaluate needs scdm_jax/evaluate.py (issue 6), which is missing: write "
-          "samples with --mode sample and run an external FID tool on them.") from e
+    from scdm_jax import evaluate  # pylint: disable=g-import-not-at-top
     evaluate.evaluate(config, workdir)
   return 0
 

@@ -208,7 +208,21 @@ def from_checkpoint(tree: dict[str, Any], like: TrainState) -> TrainState:
   return TrainState(rng=tree["rng"], **out)
 
 
-def ema_update(ema: Any, params: Any, decay: float) -> Any:
+def ema_decay_at(step, decay: float, warmup: bool):
+  """The EMA decay used after optimizer step `step` (0-based).
+
+  Without warmup it is the constant `decay` (the reference). With warmup it is
+  min(decay, (1 + step) / (10 + step)): early in training, when the weights move fast, a
+  0.9999 average over a few hundred steps is a mix of very different networks that samples
+  noise; the warmup keeps the average close to recent weights until `decay` takes over.
+  """
+  if not warmup:
+    return jnp.asarray(decay, jnp.float32)
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema: Any, params: Any, decay) -> Any:
   return jax.tree.map(lambda e, p: e * decay + p.astype(jnp.float32) * (1.0 - decay),
                       ema, params)
 

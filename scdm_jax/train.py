@@ -142,6 +142,7 @@ def make_train_step(config: ml_collections.ConfigDict, graphs: state_lib.Graphs,
   """Returns `train_step(state, batch) -> (state, metrics)` (not yet jitted)."""
   accum = int(config.train.grad_accum)
   decay = float(config.optim.ema_decay)
+  ema_warmup = bool(config.optim.get("ema_warmup", False))
   drop_rate = float(config.diffusion.drop_rate)
   dropout = float(config.model.dropout)
   lr_fn = state_lib.lr_schedule(config.optim)
@@ -194,7 +195,8 @@ def make_train_step(config: ml_collections.ConfigDict, graphs: state_lib.Graphs,
     opt.update(model, grads)
     _, new_params, new_rest = nnx.split(model, nnx.Param, ...)
     _, new_opt = nnx.split(opt)
-    new_ema = state_lib.ema_update(st.ema, new_params, decay)
+    new_ema = state_lib.ema_update(st.ema, new_params,
+                                   state_lib.ema_decay_at(step, decay, ema_warmup))
     param_norm = optax.global_norm(new_params)
     # Refuse the update if the loss, the gradient or the updated params are not finite.
     finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)

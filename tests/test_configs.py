@@ -31,7 +31,8 @@ def test_preset_schema(name):
   assert set(config.model.keys()) == {f.name for f in dataclasses.fields(UNetConfig)}
   state_lib.unet_config(config)  # model matches data
   assert config.train.total_steps > 0 and config.train.batch_size > 0
-  for section in ("data", "model", "diffusion", "optim", "train", "sample", "mesh"):
+  for section in ("data", "model", "diffusion", "optim", "train", "sample", "edit", "eval",
+                  "mesh"):
     assert section in config
 
 
@@ -91,3 +92,9 @@ def test_main_flags():
   r = _main(f"--config={REPO / 'configs' / 'tiny.py'}", "--mode=train",
             "--config.train.no_such_key=1")
   assert r.returncode != 0 and "no_such_key" in r.stderr
+
+
+def test_eval_section_matches_evaluate_defaults():
+  # `evaluate` falls back to EVAL_DEFAULTS for configs built in code; the two must agree.
+  from scdm_jax import evaluate
+  assert load("default").eval.to_dict() == evaluate.EVAL_DEFAULTS

@@ -347,6 +347,4 @@ def test_config_edit_section_matches_defaults():
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   config = mod.get_config()
-  if "edit" not in config:
-    pytest.skip("configs/default.py has no edit section yet (run_edit uses EDIT_DEFAULTS)")
   assert config.edit.to_dict() == edit.EDIT_DEFAULTS
