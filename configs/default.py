@@ -85,6 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.diffusion.label_schedule = "classwise"
   config.diffusion.psi_path = ""
   config.diffusion.force_last_linear = False  # ADE20K/COCO: unlabeled class -> linear
+  # The reference code's label-schedule bugs, kept as options (docs/diffusion.md):
+  config.diffusion.reference_tau_1000 = False  # tau = t / 1000 whatever num_steps is
+  config.diffusion.reference_uniform_off_by_one = False  # uniform: 1-(k+1)/N on respaced k
   config.diffusion.drop_rate = 0.2  # classifier-free guidance: drop the whole condition
 
   # -------------------------------------------------------------------------- optim

@@ -574,15 +574,7 @@ def run_edit(config, workdir: str | None) -> dict[str, Any]:
 
   # Weights and the label schedule the model was trained with.
   params_pure, meta, where = sample_lib.load_weights(config, workdir)
-  ls_meta = meta.get("label_schedule") or {}
-  kind = ls_meta.get("kind", config.diffusion.label_schedule)
-  psi = ls_meta.get("psi")
-  if kind == "classwise":
-    psi = np.asarray(psi, np.float64) if psi is not None else train_lib.resolve_psi(config)
-  else:
-    psi = None
-  label_schedule = label_diffusion.LabelSchedule.create(
-      kind, psi=psi, num_original_steps=int(config.diffusion.num_steps))
+  label_schedule = sample_lib.label_schedule_for(config, meta)
   mesh = sharding.make_mesh(config.mesh)
   graphs, _ = state_lib.graphs_and_abstract(config)
   params = state_lib.params_from_pure(graphs, params_pure)

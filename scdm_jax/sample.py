@@ -28,7 +28,6 @@ from typing import Any, Iterator
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -256,6 +255,25 @@ def iter_label_maps(config: ml_collections.ConfigDict, batch_size: int
     yield names, np.stack(conds).astype(np.float32)
 
 
+def label_schedule_for(config: ml_collections.ConfigDict,
+                       meta: dict[str, Any]) -> label_diffusion.LabelSchedule:
+  """The label schedule a checkpoint was trained with (kind and psi from its meta).
+
+  Checkpoints without that record (e.g. converted PyTorch weights) use the config's.
+  """
+  from scdm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  recorded = meta.get("label_schedule") or {}
+  kind = recorded.get("kind", config.diffusion.label_schedule)
+  if kind != config.diffusion.label_schedule:
+    logging.warning("The checkpoint was trained with label schedule %r; the config says %r: "
+                    "using the checkpoint's.", kind, config.diffusion.label_schedule)
+  psi = None
+  if kind == "classwise":
+    psi = recorded.get("psi")
+    psi = np.asarray(psi, np.float64) if psi is not None else train_lib.resolve_psi(config)
+  return train_lib.make_label_schedule(config, psi, kind)
+
+
 def run_sampling(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any]:
   """`--mode sample`: see the module docstring. Returns a summary dict."""
   from scdm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -263,15 +281,7 @@ def run_sampling(config: ml_collections.ConfigDict, workdir: str | None) -> dict
   mesh = sharding.make_mesh(config.mesh)
   params_pure, meta, where = load_weights(config, workdir)
   logging.info("Sampling from %s.", where)
-  psi = (meta.get("label_schedule") or {}).get("psi")
-  psi = np.asarray(psi, np.float64) if psi is not None else train_lib.resolve_psi(config)
-  kind = (meta.get("label_schedule") or {}).get("kind", config.diffusion.label_schedule)
-  if kind != config.diffusion.label_schedule:
-    logging.warning("The checkpoint was trained with label schedule %r; the config says %r: "
-                    "using the checkpoint's.", kind, config.diffusion.label_schedule)
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.diffusion.label_schedule = kind
-  label_schedule = train_lib.make_label_schedule(config, psi if kind == "classwise" else None)
+  label_schedule = label_schedule_for(config, meta)
 
   graphs, abstract = state_lib.graphs_and_abstract(config)
   param_sh = sharding.state_shardings(mesh, abstract.params, int(config.mesh.fsdp_min_size))

@@ -21,7 +21,6 @@ sampling uses the exact schedule the model was trained with.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -89,11 +88,14 @@ def resolve_psi(config: ml_collections.ConfigDict) -> np.ndarray | None:
       "--config.diffusion.label_schedule=uniform.")
 
 
-def make_label_schedule(config: ml_collections.ConfigDict,
-                        psi: np.ndarray | None) -> label_diffusion.LabelSchedule:
+def make_label_schedule(config: ml_collections.ConfigDict, psi: np.ndarray | None,
+                        kind: str | None = None) -> label_diffusion.LabelSchedule:
+  """The label schedule of `config.diffusion` (or of `kind`, e.g. a checkpoint's)."""
+  d = config.diffusion
   return label_diffusion.LabelSchedule.create(
-      config.diffusion.label_schedule, psi=psi,
-      num_original_steps=int(config.diffusion.num_steps))
+      kind or d.label_schedule, psi=psi, num_original_steps=int(d.num_steps),
+      reference_tau_1000=bool(d.get("reference_tau_1000", False)),
+      reference_uniform_off_by_one=bool(d.get("reference_uniform_off_by_one", False)))
 
 
 def make_diffusion(config: ml_collections.ConfigDict, respacing: str | None = None
@@ -189,7 +191,7 @@ def make_train_step(config: ml_collections.ConfigDict, graphs: state_lib.Graphs,
       terms = jax.tree.map(lambda x: x / accum, terms)
       grads = jax.tree.map(lambda x: x / accum, grads)
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     model = nnx.merge(graphs.model, st.params, st.rest)
     opt = nnx.merge(graphs.opt, st.opt)
     opt.update(model, grads)
@@ -197,7 +199,7 @@ def make_train_step(config: ml_collections.ConfigDict, graphs: state_lib.Graphs,
     _, new_opt = nnx.split(opt)
     new_ema = state_lib.ema_update(st.ema, new_params,
                                    state_lib.ema_decay_at(step, decay, ema_warmup))
-    param_norm = optax.global_norm(new_params)
+    param_norm = optax.tree.norm(new_params)
     # Refuse the update if the loss, the gradient or the updated params are not finite.
     finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
