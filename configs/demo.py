@@ -1,4 +1,4 @@
-r"""CPU demo: the procedural dataset and a small UNet that learns in about ten minutes.
+r"""CPU demo: the procedural dataset and a small UNet that learns in about fifteen minutes.
 
   python -m scdm_jax.main --config configs/demo.py --workdir /tmp/scdm_demo
   python -m scdm_jax.main --config configs/demo.py --workdir /tmp/scdm_demo --mode sample
