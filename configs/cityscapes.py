@@ -11,16 +11,11 @@ class-statistics command and pass `--config.diffusion.psi_path=...`.
 Variants (comma-separated after ':'): finetune (lr 2e-5), sample1000, runlocal.
 """
 
-import importlib.util
-import os
+from scdm_jax.config_files import load_sibling
 
 
 def _load_default():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
-  spec = importlib.util.spec_from_file_location("scdm_configs_default", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_sibling(__file__, "default")
 
 
 def get_config(arg=None):

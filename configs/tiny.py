@@ -1,15 +1,10 @@
 """Tiny config for tests: 16 px, a 32-channel one-level UNet, the 9 procedural classes, 3 steps."""
 
-import importlib.util
-import os
+from scdm_jax.config_files import load_sibling
 
 
 def _load_default():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
-  spec = importlib.util.spec_from_file_location("scdm_configs_default", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_sibling(__file__, "default")
 
 
 def get_config(arg=None):
