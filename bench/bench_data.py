@@ -4,8 +4,9 @@
 
 Builds a fake ADE20K tree (JPEG images of ADE-like size, 384 x 512) and a fake COCO-Stuff tree
 (with instance maps) in a temporary folder, then times `create_dataset` in train mode
-(random resized crop + flip + one-hot) and test mode, and the procedural dataset, after a
-warm-up batch. Numbers depend on the CPU count and on other load (tf.data parallel map over Pillow work);
+(random resized crop + flip + one-hot, and with `label_ids=True` as training uses it) and
+test mode, and the procedural dataset, after a warm-up batch. `host_mb_per_example` is the
+size of what is handed to JAX per example. Numbers depend on the CPU count and on other load (tf.data parallel map over Pillow work);
 `cpu_s_per_example` (process CPU time, all threads) is the load-independent figure.
 """
 
@@ -23,17 +24,20 @@ from scdm_jax.data import fake_layouts
 from scdm_jax.data import layouts
 
 
-def _rate(cfg, split, train, batch_size, batches) -> tuple[float, float]:
-  it = datasets.create_dataset(cfg, split, batch_size=batch_size, train=train, seed=0)
+def _rate(cfg, split, train, batch_size, batches, label_ids=False
+          ) -> tuple[float, float, float]:
+  it = datasets.create_dataset(cfg, split, batch_size=batch_size, train=train, seed=0,
+                               label_ids=label_ids)
   next(it)  # warm-up (graph building, first decodes)
   t, c = time.perf_counter(), time.process_time()
-  n = 0
+  n, nbytes = 0, 0
   for _ in range(batches):
     b = next(it)
     n += b["image"].shape[0]
+    nbytes += sum(v.nbytes for v in b.values())
   wall, cpu = time.perf_counter() - t, time.process_time() - c
   # CPU seconds per example (all threads) does not depend on what else runs on the machine.
-  return n / wall, cpu / n
+  return n / wall, cpu / n, nbytes / n / 2**20
 
 
 def run(image_size: int = 256, batch_size: int = 8, batches: int = 8, num: int = 24) -> dict:
@@ -46,6 +50,9 @@ def run(image_size: int = 256, batch_size: int = 8, batches: int = 8, num: int =
              "num_classes": layouts.get_spec(name).num_classes, "use_instance": use_inst,
              "noise": "none"}
       results[f"{name}_train"] = _rate(cfg, "train", True, batch_size, batches)
+      # What training uses: int32 class ids, one-hot on the device.
+      results[f"{name}_train_label_ids"] = _rate(cfg, "train", True, batch_size, batches,
+                                                 label_ids=True)
       results[f"{name}_train_edge_noise"] = _rate(dict(cfg, noise="edge"), "train", True,
                                                    batch_size, batches)
       results[f"{name}_eval"] = _rate(cfg, "validation", False, batch_size,
@@ -58,7 +65,8 @@ def run(image_size: int = 256, batch_size: int = 8, batches: int = 8, num: int =
           "cpu_count": os.cpu_count(), "machine": platform.machine(),
           "load_average_1min": round(os.getloadavg()[0], 2),
           "examples_per_s": {k: round(v[0], 2) for k, v in results.items()},
-          "cpu_s_per_example": {k: round(v[1], 4) for k, v in results.items()}}
+          "cpu_s_per_example": {k: round(v[1], 4) for k, v in results.items()},
+          "host_mb_per_example": {k: round(v[2], 3) for k, v in results.items()}}
 
 
 def main(argv=None) -> int:

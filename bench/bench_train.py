@@ -72,9 +72,10 @@ def bench(which: str, train_steps: int, sample_batches: int) -> dict:
   schedule = train.make_label_schedule(config, psi)
   diffusion = train.make_diffusion(config)
   rng = np.random.default_rng(0)
-  ids = rng.integers(0, k, (b, s, s))
-  host = {"image": rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32),
-          "label": (ids[..., None] == np.arange(k)).astype(np.float32)}
+  ids = rng.integers(0, k, (b, s, s)).astype(np.int32)
+  # The train step takes class ids, as the input pipeline yields them; the sampler one-hot.
+  host = {"image": rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32), "label": ids}
+  one_hot = (ids[..., None] == np.arange(k)).astype(np.float32)
   if config.data.use_instance:
     host["edge"] = np.zeros((b, s, s, 1), np.float32)
 
@@ -102,8 +103,8 @@ def bench(which: str, train_steps: int, sample_batches: int) -> dict:
   config.sample.extrapolation = 0.8
   sb = -(-int(config.sample.batch_size) // shards) * shards
   fn, _ = sample_lib.make_sample_fn(config, graphs, mesh, shardings.params, schedule)
-  cond = sharding.device_put_tree(host["label"][:sb] if "edge" not in host else
-                                  np.concatenate([host["label"], host["edge"]], -1)[:sb], bsh)
+  cond = sharding.device_put_tree(one_hot[:sb] if "edge" not in host else
+                                  np.concatenate([one_hot, host["edge"]], -1)[:sb], bsh)
   key = jax.random.key(0)
   t0 = time.time()
   jax.block_until_ready(fn(st.ema, cond, key))

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import pathlib
 import sys
@@ -54,10 +53,11 @@ SIZES: dict[str, dict[str, Any]] = {
     "micro": dict(base="tiny", image_size=16, train_steps=4, batch_size=8, num_steps=100,
                   respacing="4", n_maps=8, grid_maps=3, sample_batch=8,
                   proxy=dict(steps=30, width=8, num_train=128, batch_size=16)),
-    # Sanity run: <= ~20 minutes on a 2-core CPU (estimate: ~2 x 5 min training, ~2 min
-    # sampling, ~1 min proxy training).
-    "sanity": dict(base="demo", image_size=32, train_steps=600, batch_size=16,
-                   num_steps=1000, respacing="ddim25", n_maps=64, grid_maps=4,
+    # Sanity run: <= 20 minutes on an idle 2-core CPU. Measured there at 400 x 12: 21.4 min
+    # (training 0.9-1.0 steps/s, 455-525 s per model with compilation; sampling 130-150 s per
+    # model for 4 x 32 guided 25-step samples; proxy 22 s), hence 360 x 10.
+    "sanity": dict(base="demo", image_size=32, train_steps=360, batch_size=10,
+                   num_steps=1000, respacing="ddim25", n_maps=32, grid_maps=4,
                    sample_batch=32,
                    proxy=dict(steps=400, width=16, num_train=1024, batch_size=32)),
     # One GPU (H100-class): a few hours; 64 px, a deeper UNet, the whole validation split.
@@ -171,6 +171,33 @@ def sample_model(config, workdir: str, out_root: str, conditions, *, unlabeled_t
   return grid
 
 
+def paired_miou_difference(seg, config, dir_a: str, dir_b: str, *, draws: int = 2000,
+                           seed: int = 0) -> dict[str, Any]:
+  """Proxy mIoU of model b minus model a on the same label maps, with a paired bootstrap
+  over the maps (resample maps, recompute both mIoUs from the summed confusion matrices):
+  the difference, and the 5th and 95th percentiles of its bootstrap distribution."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from scdm_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from scdm_jax.evaluation import miou  # pylint: disable=g-import-not-at-top
+  k, size = int(config.data.num_classes), int(config.data.image_size)
+  folders = [evaluate_lib.find_sample_sets(d)[0] for d in (dir_a, dir_b)]
+  names = sorted(os.path.splitext(f)[0] for f in os.listdir(folders[0]) if f.endswith(".png"))
+  _, gt = evaluate_lib.load_reference(config, "validation", names)
+  cms = []
+  for folder in folders:
+    pred = seg(evaluate_lib.load_images(folder, names, size)[0]).argmax(-1)
+    cms.append(np.stack([miou.confusion_matrix(p, g, k) for p, g in zip(pred, gt)]))
+  score = lambda cm: miou.miou_from_confusion(cm)["miou"]
+  rng = np.random.default_rng(seed)
+  diffs = np.empty(draws)
+  for d in range(draws):
+    idx = rng.integers(0, len(names), len(names))
+    diffs[d] = score(cms[1][idx].sum(0)) - score(cms[0][idx].sum(0))
+  return {"difference": score(cms[1].sum(0)) - score(cms[0].sum(0)),
+          "p05": float(np.percentile(diffs, 5)), "p95": float(np.percentile(diffs, 95)),
+          "draws": draws, "num_maps": len(names)}
+
+
 def write_grid(path: str, grids: dict[str, dict[str, Any]], conditions, models) -> None:
   """Rows = conditions; per label map: coloured label (unknown = magenta) | model samples."""
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -205,17 +232,28 @@ def write_table(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
       r = results[m][c]
       cells.append(f"{100 * r['proxy_miou']:.1f} / {r['proxy_fd']:.3f}")
     lines.append(f"| {m.upper()} | " + " | ".join(cells) + " |")
+  if "paired" in meta:
+    lines.append("| SCDM - SDM mIoU [90 % CI] | " + " | ".join(
+        "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * meta["paired"][c][x]
+                                              for x in ("difference", "p05", "p95")))
+        for c in conds) + " |")
   ref = meta["real_images"]
+  if "paired" in meta:
+    lines += ["", "The last row: a paired bootstrap over the label maps (the maps are "
+              "resampled, both models scored on the same draw); an interval that contains "
+              "0 means this run cannot tell the two models apart."]
   lines += ["", f"Real validation images (same {ref['num_images']} maps): proxy mIoU "
             f"{100 * ref['miou']:.1f} (the proxy's ceiling), proxy FD 0 by construction.",
             f"Budget per model: {meta['train_steps']} steps x batch {meta['batch_size']} at "
             f"{meta['image_size']} px; sampler {meta['sampler']}; N = {meta['n_maps']} maps; "
-            f"seed {meta['seed']}; wall time {meta['seconds']:.0f} s.", ""]
+            f"seed {meta['seed']}; wall time {meta['seconds']:.0f} s "
+            f"({', '.join(f'{k} {v:.0f}' for k, v in meta['phase_seconds'].items())}).", ""]
   md = "\n".join(lines)
-  pathlib.Path(out, "table.md").write_text(md)
+  from scdm_jax import atomic  # pylint: disable=g-import-not-at-top
   from scdm_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+  atomic.write_text(os.path.join(out, "table.md"), md)
   payload = report._jsonable({"results": results, "meta": meta})  # pylint: disable=protected-access
-  pathlib.Path(out, "table.json").write_text(json.dumps(payload, indent=2) + "\n")
+  atomic.write_json(os.path.join(out, "table.json"), payload, indent=2)
   return md
 
 
@@ -243,6 +281,7 @@ def run(size: str, out: str, *, proxy_weights: str = "", seed: int = 0,
             flush=True)
       proxy.train_proxy(os.path.join(out, "proxy"), image_size=s["image_size"], seed=seed,
                         **s["proxy"])
+  phases = {"proxy_s": time.time() - t0}
   seg = proxy.load_segmenter(proxy_weights)
   if seg.image_size != s["image_size"]:
     print(f"[robustness] note: proxy trained at {seg.image_size} px, images are "
@@ -256,10 +295,14 @@ def run(size: str, out: str, *, proxy_weights: str = "", seed: int = 0,
     workdir = os.path.join(out, m)
     print(f"[robustness] training {m.upper()} (label_schedule={MODELS[m]!r}, "
           f"{s['train_steps']} steps)", flush=True)
+    t = time.time()
     train_lib.train_and_evaluate(config, workdir)
+    phases[f"train_{m}_s"] = time.time() - t
+    t = time.time()
     print(f"[robustness] sampling {m.upper()} on {list(conditions)}", flush=True)
     grids[m] = sample_model(config, workdir, workdir, conditions,
                             unlabeled_to_zero=unlabeled_to_zero, grid_maps=s["grid_maps"])
+    phases[f"sample_{m}_s"] = time.time() - t
     results[m] = {}
     for c in conditions:
       ecfg = condition_config(config, c, unlabeled_to_zero=unlabeled_to_zero)
@@ -273,6 +316,12 @@ def run(size: str, out: str, *, proxy_weights: str = "", seed: int = 0,
       print(f"[robustness] {m.upper():5s} {c:7s} proxy mIoU {rep['metrics']['proxy_miou']:.3f}"
             f"  proxy FD {rep['metrics']['proxy_fd']:.4f}", flush=True)
   write_grid(os.path.join(out, "grid.png"), grids, conditions, list(models))
+  paired = {}
+  if set(models) == set(MODELS):
+    for c in conditions:
+      paired[c] = paired_miou_difference(
+          seg, condition_config(build_config(size, "scdm", seed=seed), "clean"),
+          os.path.join(out, "sdm", c), os.path.join(out, "scdm", c), seed=seed)
   cfg0 = build_config(size, models[0], seed=seed)
   meta = {"size": size, "models": list(models), "conditions": list(conditions),
           "label_schedules": {m: MODELS[m] for m in models}, "n_maps": s["n_maps"],
@@ -284,7 +333,9 @@ def run(size: str, out: str, *, proxy_weights: str = "", seed: int = 0,
           "ds_size": max(1, s["image_size"] // 4),
           "edge_radius": 0 if s["image_size"] <= 64 else max(1, round(2 * s["image_size"] / 256)),
           "proxy_weights": proxy_weights, "proxy_implementation": proxy.IMPLEMENTATION,
-          "real_images": real, "seconds": time.time() - t0}
+          "real_images": real, "seconds": time.time() - t0,
+          **({"paired": paired} if paired else {}),
+          "phase_seconds": {k: round(v, 1) for k, v in phases.items()}}
   md = write_table(out, results, meta)
   print(md, flush=True)
   return {"results": results, "meta": meta, "markdown": md}

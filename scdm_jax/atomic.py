@@ -3,6 +3,8 @@
 Every file this project writes outside orbax (PNGs, npz weights and statistics, JSON reports,
 psi files) goes through `atomic_path`: write to a temporary file in the destination folder,
 flush it to disk, then `os.replace` it into place (atomic on POSIX within one filesystem).
+A URL destination (`gs://...`) is written to a local temporary file and then uploaded in one
+call: object stores publish an object only when its upload is complete.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from scdm_jax import fileio
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
@@ -24,6 +28,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
   The temporary name keeps the extension, so writers that infer the format from it work.
   """
   path = os.fspath(path)
+  if fileio.is_url(path):
+    with tempfile.TemporaryDirectory(prefix="scdm_upload_") as folder:
+      tmp = os.path.join(folder, os.path.basename(path))
+      yield tmp
+      fileio.upload(tmp, path)
+    return
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   base, ext = os.path.splitext(os.path.basename(path))

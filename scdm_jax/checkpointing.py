@@ -32,17 +32,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from scdm_jax import fileio
+
 _PARAMS = "params"
 _META = "meta"
 _STATE = "state"
 
 
 def _abs_path(directory: str | os.PathLike) -> str:
-  """Orbax wants absolute paths; keep `gs://...` URLs untouched."""
-  directory = os.fspath(directory)
-  if "://" in directory:
-    return directory
-  return os.path.abspath(directory)
+  """Orbax wants absolute paths; `gs://...` URLs stay untouched."""
+  return fileio.absolute(directory)
 
 
 # ---------------------------------------------------------------------------
@@ -120,12 +119,11 @@ def load_export(directory: str | os.PathLike,
   path = _abs_path(directory)
   params_dir = os.path.join(path, _PARAMS)
   meta_dir = os.path.join(path, _META)
-  if "://" not in path:  # Local path: fail early with a clear message.
-    if not os.path.isdir(params_dir) or not os.path.exists(meta_dir):
-      raise FileNotFoundError(
-          f"{path!r} is not an inference checkpoint (expected sub-directories "
-          f"'{_PARAMS}/' and '{_META}' written by scdm_jax.checkpointing.save_export, e.g. "
-          "by `python -m scdm_jax.main --mode export` or `python -m scdm_jax.convert`).")
+  if not fileio.isdir(params_dir) or not fileio.exists(meta_dir):
+    raise FileNotFoundError(
+        f"{path!r} is not an inference checkpoint (expected sub-directories "
+        f"'{_PARAMS}/' and '{_META}' written by scdm_jax.checkpointing.save_export, e.g. "
+        "by `python -m scdm_jax.main --mode export` or `python -m scdm_jax.convert`).")
   with ocp.Checkpointer(
       ocp.CompositeCheckpointHandler(handler_registry=_export_registry())) as ckptr:
     if target is None:

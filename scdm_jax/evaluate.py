@@ -36,6 +36,7 @@ read; a missing sample folder raises ``FileNotFoundError`` naming it.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from typing import Any
@@ -43,6 +44,8 @@ from typing import Any
 from absl import logging
 import ml_collections
 import numpy as np
+
+from scdm_jax import fileio
 
 METRICS = ("fid", "kid", "lpips", "miou", "proxy_miou", "proxy_fd")
 
@@ -118,17 +121,18 @@ def _selected_metrics(es: dict[str, Any]) -> list[str]:
 
 
 def _png_names(folder: str) -> list[str]:
-  return sorted(os.path.splitext(f)[0] for f in os.listdir(folder) if f.lower().endswith(".png"))
+  return sorted(os.path.splitext(f)[0] for f in fileio.listdir(folder)
+                if f.lower().endswith(".png"))
 
 
 def find_sample_sets(samples_dir: str) -> list[str]:
   """The sample-set folders (``sample_0``, ``sample_1``, ... in order), or the folder itself."""
-  if not os.path.isdir(samples_dir):
+  if not fileio.isdir(samples_dir):
     raise FileNotFoundError(
         f"Sample folder not found: {samples_dir}. Write samples with --mode sample (they go "
         "to config.sample.output_dir or <workdir>/samples) or set config.eval.samples_dir.")
-  sets = sorted(((int(m.group(1)), d) for d in os.listdir(samples_dir)
-                 if (m := _SET_RE.match(d)) and os.path.isdir(os.path.join(samples_dir, d))))
+  sets = sorted(((int(m.group(1)), d) for d in fileio.listdir(samples_dir)
+                 if (m := _SET_RE.match(d)) and fileio.isdir(os.path.join(samples_dir, d))))
   if sets:
     if sets[0][0] != 0:
       raise FileNotFoundError(f"{samples_dir} has sample sets {[d for _, d in sets]} but no "
@@ -151,7 +155,7 @@ def load_images(folder: str, names: list[str], size: int) -> tuple[np.ndarray, b
   for i, name in enumerate(names):
     path = os.path.join(folder, name + ".png")
     try:
-      with Image.open(path) as im:
+      with Image.open(io.BytesIO(fileio.read_bytes(path))) as im:
         im = im.convert("RGB")
         if im.size != (size, size):
           im = im.resize((size, size), Image.BICUBIC)
@@ -289,8 +293,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str
       impl["kid"] = "scdm_jax.evaluation.fid.kernel_inception_distance (Inception pool3)"
   if "lpips" in chosen:
     from scdm_jax.evaluation import lpips  # pylint: disable=g-import-not-at-top
-    common = [n for n in names if all(os.path.exists(os.path.join(s, n + ".png"))
-                                      for s in sets)]
+    in_every_set = set(names).intersection(*(_png_names(s) for s in sets))
+    common = [n for n in names if n in in_every_set]
     if len(sets) < 2 or not common:
       raise ValueError(f"LPIPS diversity needs >= 2 sample sets of the same maps under "
                        f"{samples_dir} (sample_0/, sample_1/, ...; set "

@@ -15,6 +15,7 @@ from absl import logging
 import ml_collections
 
 from scdm_jax import checkpointing
+from scdm_jax import fileio
 from scdm_jax import sample as sample_lib
 
 
@@ -23,7 +24,7 @@ def export_from_workdir(config: ml_collections.ConfigDict, workdir: str,
                         step: int | None = None) -> str:
   """Exports the newest (or `step`) training checkpoint of `workdir`; returns the path."""
   ckdir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckdir):
+  if not fileio.isdir(ckdir):
     raise FileNotFoundError(f"--mode export: {ckdir} does not exist; train first.")
   params, meta, step = sample_lib.load_train_params(config, ckdir, use_ema=use_ema, step=step)
   meta: dict[str, Any] = dict(meta)

@@ -6,11 +6,12 @@ is numpy + Pillow.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 import numpy as np
+
+from scdm_jax import atomic
 
 
 class ProgressBar:
@@ -92,10 +93,6 @@ def make_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-  """Writes a uint8 (H, W, 3) image atomically (temporary file in the same folder)."""
+  """Writes a uint8 (H, W, 3) image atomically (local path or gs:// URL)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-  Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
-  os.replace(tmp, path)
+  atomic.save_image(Image.fromarray(np.asarray(image, np.uint8)), path)

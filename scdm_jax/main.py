@@ -12,6 +12,9 @@ Modes:
             `python -m scdm_jax.data.corrupt`.
 
 Overrides: `--config.train.batch_size=8 --config.model.dtype=bfloat16`.
+Errors a user can cause (a bad label file, a missing folder, a checkpoint that does not match)
+end in one line, `scdm_jax: error: <what, where, what to do>`, and exit status 1; set
+SCDM_TRACEBACK=1 to see the Python traceback as well.
 Multi-host: `jax.distributed.initialize()` runs when --distributed is set, or when the
 environment names a coordinator (JAX_COORDINATOR_ADDRESS, SLURM, or a Cloud TPU pod slice,
 SCDM_DISTRIBUTED=1). This file is kept short so that train.py etc. can be imported.
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -80,7 +85,30 @@ class _QuietOrbax(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+# What our own checks raise for bad input; each message names the file or value and the fix.
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError,
+                FloatingPointError, ImportError)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _raised_by_scdm_jax(err: BaseException) -> bool:
+  """True when the innermost frame is this package's code, i.e. one of our own checks, not
+  an error from deep inside JAX/XLA/orbax (those keep their traceback: they are bugs)."""
+  frames = traceback.extract_tb(err.__traceback__)
+  return bool(frames) and os.path.abspath(frames[-1].filename).startswith(_PACKAGE_DIR + os.sep)
+
+
 def main(argv):
+  try:
+    return _dispatch(argv)
+  except _USER_ERRORS as err:
+    if os.environ.get("SCDM_TRACEBACK") or not _raised_by_scdm_jax(err):
+      raise
+    print(f"scdm_jax: error: {err}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _dispatch(argv):
   logging.get_absl_handler().addFilter(_QuietOrbax())
   if FLAGS.mode == "corrupt":
     from scdm_jax.data import corrupt  # pylint: disable=g-import-not-at-top

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from scdm_jax import checkpointing
+from scdm_jax import fileio
 from scdm_jax import logging_utils
 from scdm_jax import sharding
 from scdm_jax import state as state_lib
@@ -155,13 +156,13 @@ def load_weights(config: ml_collections.ConfigDict, workdir: str | None
   elif workdir:
     candidates.append(os.path.join(workdir, "export"))
   for path in candidates:
-    if sc.checkpoint or os.path.isdir(path):
+    if sc.checkpoint or fileio.isdir(path):
       params, meta = checkpointing.load_export(path)
       train_lib.check_meta_matches(meta, config, what=f"inference checkpoint {path!r}")
       return params, meta, path
   if workdir:
     ckdir = os.path.join(workdir, "checkpoints")
-    if os.path.isdir(ckdir):
+    if fileio.isdir(ckdir):
       params, meta, step = load_train_params(config, ckdir, use_ema=bool(sc.use_ema))
       return params, meta, f"{ckdir} step {step} ({'EMA' if sc.use_ema else 'raw'} params)"
   raise FileNotFoundError(

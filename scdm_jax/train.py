@@ -41,6 +41,7 @@ import optax
 from flax import nnx
 
 from scdm_jax import checkpointing
+from scdm_jax import fileio
 from scdm_jax import logging_utils
 from scdm_jax import sharding
 from scdm_jax import state as state_lib
@@ -245,11 +246,11 @@ def _compile_train_step(config, graphs, diffusion, label_schedule, mesh, shardin
                         abstract_state, per_process_batch: int):
   step_fn = make_train_step(config, graphs, diffusion, label_schedule, mesh)
   s = int(config.data.image_size)
-  k = int(config.data.num_classes)
   b = per_process_batch * jax.process_count()
   bsh = sharding.batch_sharding(mesh)
   batch = {"image": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32, sharding=bsh),
-           "label": jax.ShapeDtypeStruct((b, s, s, k), jnp.float32, sharding=bsh)}
+           # Class ids (-1 = unknown); the loss one-hots them on the device.
+           "label": jax.ShapeDtypeStruct((b, s, s), jnp.int32, sharding=bsh)}
   if config.data.use_instance:
     batch["edge"] = jax.ShapeDtypeStruct((b, s, s, 1), jnp.float32, sharding=bsh)
   jitted = jax.jit(step_fn, in_shardings=(shardings, bsh),
@@ -324,8 +325,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from scdm_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
   from scdm_jax.data import datasets  # pylint: disable=g-import-not-at-top
 
-  workdir = os.path.abspath(workdir) if "://" not in workdir else workdir
-  os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
+  workdir = fileio.absolute(workdir)
+  fileio.makedirs(workdir)
   tc = config.train
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
@@ -404,7 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   it = datasets.create_dataset(
       config.data, config.data.get("train_split", "train"), batch_size=per_process_batch,
       train=True, seed=int(tc.seed), process_index=jax.process_index(),
-      process_count=jax.process_count(), start_step=data_pos)
+      process_count=jax.process_count(), start_step=data_pos, label_ids=True)
 
   grid_fn = None
   if tc.sample_every and tc.sample_every > 0:

@@ -80,8 +80,10 @@ def test_clu_writers_smoke(tmp_path):
   logging_writer.close()
 
 
-def _main(*args, timeout=120):
+def _main(*args, timeout=120, extra_env=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("SCDM_TRACEBACK", None)
+  env.update(extra_env or {})
   return subprocess.run([sys.executable, "-m", "scdm_jax.main", *args], env=env,
                         capture_output=True, text=True, timeout=timeout)
 
@@ -98,3 +100,17 @@ def test_eval_section_matches_evaluate_defaults():
   # `evaluate` falls back to EVAL_DEFAULTS for configs built in code; the two must agree.
   from scdm_jax import evaluate
   assert load("default").eval.to_dict() == evaluate.EVAL_DEFAULTS
+
+
+def test_user_error_is_one_line(tmp_path):
+  # A mistake the user made ends in one clear line and exit status 1, not a traceback.
+  r = _main(f"--config={REPO / 'configs' / 'tiny.py'}", "--mode=export",
+            f"--workdir={tmp_path / 'never_trained'}")
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr
+  errors = [line for line in r.stderr.splitlines() if line.startswith("scdm_jax: error:")]
+  assert len(errors) == 1 and "never_trained" in errors[0], r.stderr[-2000:]
+  # SCDM_TRACEBACK=1 shows where it came from.
+  r = _main(f"--config={REPO / 'configs' / 'tiny.py'}", "--mode=export",
+            f"--workdir={tmp_path / 'never_trained'}", extra_env={"SCDM_TRACEBACK": "1"})
+  assert r.returncode != 0 and "Traceback" in r.stderr

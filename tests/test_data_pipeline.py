@@ -226,3 +226,31 @@ def test_two_os_processes_read_disjoint_shards():
   assert all(p.returncode == 0 for p in procs)
   # One epoch each (5 examples per shard): disjoint, together the whole split.
   assert set(outs[0]).isdisjoint(outs[1]) and len(set(outs[0]) | set(outs[1])) == 10
+
+
+def test_label_ids_match_one_hot(trees):
+  # label_ids=True (what training uses) yields the same maps as class ids, -1 = unknown.
+  cfg = _cfg("celebamask_hq", trees["celebamask_hq"], noise="random", unlabeled_to_zero=True)
+  k = cfg["num_classes"]
+  kw = dict(batch_size=2, train=True, seed=3)
+  hot = next(datasets.create_dataset(cfg, "train", **kw))
+  ids = next(datasets.create_dataset(cfg, "train", label_ids=True, **kw))
+  assert ids["label"].shape == hot["label"].shape[:-1] and ids["label"].dtype == np.int32
+  assert (ids["label"] == -1).any()
+  np.testing.assert_array_equal(datasets.one_hot_ids(ids["label"], k), hot["label"])
+  np.testing.assert_array_equal(ids["image"], hot["image"])
+
+
+def test_bad_label_file_surfaces_as_itself(tmp_path):
+  # A corrupt file met mid-stream raises our ValueError naming it, not TF's wrapped op error.
+  from PIL import Image
+  root = fake_layouts.make_fake_dataset("ade20k", str(tmp_path / "ade"), num_train=4,
+                                        num_val=1, size=(40, 48))
+  bad = layouts.list_examples("ade20k", root, "train")[2].label
+  Image.fromarray(np.full((40, 48), 200, np.uint8)).save(bad)
+  it = datasets.create_dataset(_cfg("ade20k", root), "train", batch_size=2, train=True, seed=0)
+  with pytest.raises(ValueError) as info:
+    for _ in range(4):
+      next(it)
+  assert bad in str(info.value) and "200" in str(info.value)
+  assert "Traceback" not in str(info.value)

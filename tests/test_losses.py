@@ -99,3 +99,18 @@ def test_label_diffusion_uses_the_image_timestep():
   seen["c"] = c
   frac = np.asarray(seen["c"]).mean((1, 2, 3))
   np.testing.assert_allclose(frac, 1 - np.asarray(aux["t_orig"]) / 1000, atol=0.03)
+
+
+def test_class_ids_equal_one_hot():
+  # The train step feeds class ids (-1 = unknown); the loss must match the one-hot input.
+  ids = RNG.integers(-1, K, (B, H, W)).astype(np.int32)
+  hot = np.where(ids[..., None] >= 0, np.eye(K, dtype=np.float32)[np.maximum(ids, 0)], 0.0)
+  params = {"a": jnp.asarray(RNG.normal(size=(3 + K + 1, 3)) * 0.1, jnp.float32),
+            "b": jnp.asarray(RNG.normal(size=(3 + K + 1, 3)) * 0.1, jnp.float32)}
+  sched = ld.LabelSchedule.create("classwise", np.array([0.5, 20.0, 500.0]), 1000)
+  model = lambda x, t, c: linear_model(params, x, t, c)
+  out = [scdm_loss(model, DIFF, sched, dict(BATCH, label=lab), rkey(5), drop_rate=0.2,
+                  num_label_channels=K)
+         for lab in (hot, ids)]
+  np.testing.assert_array_equal(out[0][0], out[1][0])
+  assert float(out[0][0]) > 0

@@ -228,10 +228,15 @@ atexit.register(_close_all_iterators)
 
 
 class BatchIterator:
-  """Iterator of numpy batches over a tf.data pipeline; `close()` stops its threads."""
+  """Iterator of numpy batches over a tf.data pipeline; `close()` stops its threads.
 
-  def __init__(self, ds):
+  An error raised while loading an example (a bad label file, say) reaches the caller as
+  itself, not wrapped in TensorFlow's op error with a Python traceback inside its message.
+  """
+
+  def __init__(self, ds, load_errors: list[BaseException] | None = None):
     self._it = iter(ds.as_numpy_iterator())
+    self._load_errors = load_errors if load_errors is not None else []
     _LIVE_ITERATORS.add(self)
 
   def __iter__(self):
@@ -240,7 +245,14 @@ class BatchIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     if self._it is None:
       raise StopIteration
-    return next(self._it)
+    try:
+      return next(self._it)
+    except StopIteration:
+      raise
+    except Exception:  # tf.errors.OpError from a numpy_function that raised
+      if self._load_errors:
+        raise self._load_errors[0] from None
+      raise
 
   def close(self) -> None:
     """Releases the pipeline (its threads and prefetch buffers); idempotent."""
@@ -303,8 +315,8 @@ def index_stream(n: int, *, train: bool, seed: int, process_index: int, process_
 
 def create_dataset(data_config, split: str, *, batch_size: int, train: bool, seed: int,
                    process_index: int = 0, process_count: int = 1, start_step: int = 0,
-                   drop_remainder: bool | None = None, with_names: bool = False
-                   ) -> Iterator[dict[str, np.ndarray]]:
+                   drop_remainder: bool | None = None, with_names: bool = False,
+                   label_ids: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """Batches of one host's shard as numpy dicts.
 
   Args:
@@ -321,10 +333,15 @@ def create_dataset(data_config, split: str, *, batch_size: int, train: bool, see
       batch 0 of `create_dataset(..., start_step=N)`.
     drop_remainder: defaults to `train`.
     with_names: also yield `name` (b,) bytes (file stems), e.g. for saving samples.
+    label_ids: yield `label` as (b,S,S) int32 class ids, -1 = the absorbing unknown state,
+      instead of the one-hot. K times less host memory and host-to-device traffic (K = 151
+      on ADE20K: 0.26 MB instead of 40 MB per 256 px example); the train step one-hots on
+      the device.
 
   Returns:
     iterator of dict(image (b,S,S,3) f32 in [-1,1], label (b,S,S,K) f32 one-hot (all-zero =
-    absorbing unknown), [edge (b,S,S,1) f32 if use_instance], [name (b,) bytes]).
+    absorbing unknown) or, with `label_ids`, (b,S,S) int32, [edge (b,S,S,1) f32 if
+    use_instance], [name (b,) bytes]).
   """
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -346,11 +363,16 @@ def create_dataset(data_config, split: str, *, batch_size: int, train: bool, see
   shapes = [(s, s, 3), (s, s)] + ([(s, s, 1)] if loader.use_instance else [])
 
   lock = threading.Lock()
+  load_errors: list[BaseException] = []
 
   def load_np(k):
     with lock:  # IndexMap caches the current epoch's permutation
       i, epoch = imap(int(k))
-    out = loader(i, epoch)
+    try:
+      out = loader(i, epoch)
+    except Exception as e:  # kept for BatchIterator, which re-raises it unwrapped
+      load_errors.append(e)
+      raise
     return [out[key] for key in keys] + [names[i].encode()]
 
   @tf.autograph.experimental.do_not_convert  # plain graph code; no AutoGraph needed
@@ -372,13 +394,15 @@ def create_dataset(data_config, split: str, *, batch_size: int, train: bool, see
   @tf.autograph.experimental.do_not_convert
   def finish(b):
     b = dict(b)
+    if not with_names:
+      b.pop("name")
+    if label_ids:
+      return b
     lab = b["label"]
     # One-hot by scatter in numpy: ~15x faster than tf.one_hot's compare kernel at K = 151.
     b["label"] = tf.numpy_function(lambda x: one_hot_ids(x, k), [lab], tf.float32,
                                    stateful=False)
     b["label"].set_shape(lab.shape.concatenate([k]))
-    if not with_names:
-      b.pop("name")
     return b
 
   ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -386,7 +410,7 @@ def create_dataset(data_config, split: str, *, batch_size: int, train: bool, see
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options)
-  return BatchIterator(ds)
+  return BatchIterator(ds, load_errors)
 
 
 def one_hot_ids(ids: np.ndarray, num_classes: int) -> np.ndarray:

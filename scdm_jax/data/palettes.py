@@ -25,6 +25,8 @@ import os
 
 import numpy as np
 
+from scdm_jax import atomic
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassTable:
@@ -266,5 +268,4 @@ def load_class_table_json(path: str) -> ClassTable:
 
 def save_class_table_json(table: ClassTable, path: str) -> None:
   """Writes a table as JSON (the palette legend users can paint with in any editor)."""
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(table.to_json(), f, indent=1)
+  atomic.write_json(path, table.to_json())

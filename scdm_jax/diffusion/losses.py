@@ -27,8 +27,9 @@ def scdm_loss(model_apply: Callable[[jax.Array, jax.Array, jax.Array], jax.Array
     model_apply: `(x_t, t_orig (B,) int32, cond (B,H,W,L)) -> (B,H,W,6)` (or 3 channels).
     diffusion: the training chain (normally not respaced).
     label_schedule: the label schedule.
-    batch: {"image": (B,H,W,3) in [-1, 1], "label": (B,H,W,K) one-hot or all-zero,
-      optional "edge": (B,H,W,1)}.
+    batch: {"image": (B,H,W,3) in [-1, 1], "label": (B,H,W,K) one-hot or all-zero, or
+      (B,H,W) integer class ids with -1 for the all-zero unknown state (one-hot here, on
+      the device; needs num_label_channels), optional "edge": (B,H,W,1)}.
     key: PRNG key (split into CFG drop, t, image noise and label mask streams).
     drop_rate: classifier-free-guidance drop probability per sample (0.2 in the paper).
     num_label_channels: K; defaults to batch["label"].shape[-1].
@@ -38,7 +39,12 @@ def scdm_loss(model_apply: Callable[[jax.Array, jax.Array, jax.Array], jax.Array
     indices, "t_orig" (B,), "dropped" (B,) bool, "loss_mean", "mse_mean", "vb_mean"}.
   """
   x0 = jnp.asarray(batch["image"], jnp.float32)
-  label = jnp.asarray(batch["label"], jnp.float32)
+  label = jnp.asarray(batch["label"])
+  if jnp.issubdtype(label.dtype, jnp.integer):
+    if num_label_channels is None:
+      raise ValueError("batch['label'] holds class ids: pass num_label_channels (K).")
+    label = jax.nn.one_hot(label, int(num_label_channels), dtype=jnp.float32)  # -1 -> zeros
+  label = label.astype(jnp.float32)
   k = label.shape[-1] if num_label_channels is None else int(num_label_channels)
   if k != label.shape[-1]:
     raise ValueError(f"num_label_channels={k} but batch['label'] has {label.shape[-1]} channels")

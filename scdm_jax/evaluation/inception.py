@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scdm_jax import atomic
 from scdm_jax.evaluation import _npz
 
 __all__ = [
@@ -320,8 +321,7 @@ def save_inception_npz(model: InceptionV3, path: str | os.PathLike) -> None:
     arrays[f"{name}.bn.bias"] = np.asarray(conv.bias.get_value())
     arrays[f"{name}.bn.running_mean"] = np.asarray(conv.mean.get_value())
     arrays[f"{name}.bn.running_var"] = np.asarray(conv.var.get_value())
-  with open(path, "wb") as f:
-    np.savez(f, **arrays)
+  atomic.write_npz(path, arrays)
 
 
 def make_feature_fn(model: InceptionV3, *, resize: bool = True

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scdm_jax import atomic
 from scdm_jax.evaluation import _npz
 
 __all__ = ["LPIPS", "lpips_weight_shapes", "load_lpips", "save_lpips_npz", "diversity",
@@ -152,8 +153,7 @@ def save_lpips_npz(model: LPIPS, path: str | os.PathLike) -> None:
                                                     (3, 2, 0, 1))
     arrays[f"features.{idx}.bias"] = np.asarray(model.biases[i][...])
     arrays[f"lin{i}.model.1.weight"] = np.asarray(model.lins[i][...]).reshape(1, -1, 1, 1)
-  with open(path, "wb") as f:
-    np.savez(f, **arrays)
+  atomic.write_npz(path, arrays)
 
 
 def diversity(model: LPIPS, samples: Any, *, batch_size: int = 16) -> dict[str, Any]:

@@ -1,0 +1,68 @@
+"""Paths that may be local or URLs on an object store (`gs://bucket/run`, `s3://...`).
+
+TPU pods keep the workdir on GCS. Local paths go through `os`; URLs go through
+`etils.epath`, which orbax already depends on (it uses `tf.io.gfile` when TensorFlow is
+installed, fsspec otherwise), so the model, sampler and exporter need no TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def is_url(path: str | os.PathLike) -> bool:
+  return "://" in os.fspath(path)
+
+
+def _epath(path: str):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+  """`os.path.abspath` for local paths; URLs are returned unchanged."""
+  path = os.fspath(path)
+  return path if is_url(path) else os.path.abspath(path)
+
+
+def exists(path: str | os.PathLike) -> bool:
+  path = os.fspath(path)
+  return _epath(path).exists() if is_url(path) else os.path.exists(path)
+
+
+def isdir(path: str | os.PathLike) -> bool:
+  path = os.fspath(path)
+  return _epath(path).is_dir() if is_url(path) else os.path.isdir(path)
+
+
+def makedirs(path: str | os.PathLike) -> None:
+  path = os.fspath(path)
+  if is_url(path):
+    _epath(path).mkdir(parents=True, exist_ok=True)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def listdir(path: str | os.PathLike) -> list[str]:
+  """Entry names (not paths), sorted."""
+  path = os.fspath(path)
+  if is_url(path):
+    return sorted(p.name for p in _epath(path).iterdir())
+  return sorted(os.listdir(path))
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+  path = os.fspath(path)
+  if is_url(path):
+    return _epath(path).read_bytes()
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def upload(local_file: str, url: str) -> None:
+  """Copies a finished local file to `url` in one write. An object store publishes an
+  object only when its upload completes, so readers never see a partial file."""
+  dst = _epath(url)
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  with open(local_file, "rb") as f:
+    dst.write_bytes(f.read())
