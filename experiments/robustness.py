@@ -14,7 +14,7 @@ the real validation images; writes
   <out>/<model>/<condition>/         sample_0/*.png and report.json (evaluate's JSON)
   <out>/proxy/                       the proxy weights (trained first unless --proxy_weights)
 
-  python experiments/robustness.py --size sanity --out /tmp/robust   # <= ~20 min, 2-core CPU
+  python experiments/robustness.py --size sanity --out /tmp/robust   # 17.5 min, idle 2-core CPU
   python experiments/robustness.py --size gpu --out /data/robust      # one GPU
   python experiments/robustness.py --size micro --out /tmp/robust_micro  # smoke test
 
