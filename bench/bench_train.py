@@ -73,7 +73,8 @@ def bench(which: str, train_steps: int, sample_batches: int) -> dict:
   diffusion = train.make_diffusion(config)
   rng = np.random.default_rng(0)
   ids = rng.integers(0, k, (b, s, s)).astype(np.int32)
-  # The train step takes class ids, as the input pipeline yields them; the sampler one-hot.
+  # The train step takes class ids, as the input pipeline yields them; the sampler takes
+  # the one-hot map.
   host = {"image": rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32), "label": ids}
   one_hot = (ids[..., None] == np.arange(k)).astype(np.float32)
   if config.data.use_instance:

@@ -181,7 +181,7 @@ def paired_miou_difference(seg, config, dir_a: str, dir_b: str, *, draws: int = 
   from scdm_jax.evaluation import miou  # pylint: disable=g-import-not-at-top
   k, size = int(config.data.num_classes), int(config.data.image_size)
   folders = [evaluate_lib.find_sample_sets(d)[0] for d in (dir_a, dir_b)]
-  names = sorted(os.path.splitext(f)[0] for f in os.listdir(folders[0]) if f.endswith(".png"))
+  names = evaluate_lib.png_names(folders[0])
   _, gt = evaluate_lib.load_reference(config, "validation", names)
   cms = []
   for folder in folders:

@@ -120,7 +120,8 @@ def _selected_metrics(es: dict[str, Any]) -> list[str]:
   return chosen
 
 
-def _png_names(folder: str) -> list[str]:
+def png_names(folder: str) -> list[str]:
+  """The stems of the PNG files in `folder` (a sample set), sorted."""
   return sorted(os.path.splitext(f)[0] for f in fileio.listdir(folder)
                 if f.lower().endswith(".png"))
 
@@ -140,7 +141,7 @@ def find_sample_sets(samples_dir: str) -> list[str]:
     folders = [os.path.join(samples_dir, d) for _, d in sets]
   else:
     folders = [samples_dir]
-  if not _png_names(folders[0]):
+  if not png_names(folders[0]):
     raise FileNotFoundError(f"No .png files in {folders[0]} (expected generated images, e.g. "
                             "from --mode sample).")
   return folders
@@ -188,14 +189,13 @@ def load_reference(config: ml_collections.ConfigDict, split: str, names: list[st
   want = set(names)
   found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
   it = datasets.create_dataset(data, split, batch_size=32, train=False, seed=0,
-                               with_names=True)
+                               with_names=True, label_ids=True)
   for batch in it:
     for j, raw in enumerate(batch["name"]):
       name = raw.decode() if isinstance(raw, bytes) else str(raw)
       if name in want:
-        lab = batch["label"][j]
-        ids = lab.argmax(-1).astype(np.int32)
-        ids[lab.max(-1) <= 0] = ignore_index
+        ids = batch["label"][j].astype(np.int32)
+        ids[ids < 0] = ignore_index
         if unl is not None:
           ids[ids == unl] = ignore_index
         found[name] = (batch["image"][j], ids)
@@ -249,7 +249,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str
   samples_dir = es["samples_dir"] or config.sample.get("output_dir", "") or \
       os.path.join(workdir or ".", "samples")
   sets = find_sample_sets(samples_dir)
-  names = _png_names(sets[0])
+  names = png_names(sets[0])
   if int(es["max_images"]):
     names = names[:int(es["max_images"])]
   size = int(config.data.image_size)
@@ -293,7 +293,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str
       impl["kid"] = "scdm_jax.evaluation.fid.kernel_inception_distance (Inception pool3)"
   if "lpips" in chosen:
     from scdm_jax.evaluation import lpips  # pylint: disable=g-import-not-at-top
-    in_every_set = set(names).intersection(*(_png_names(s) for s in sets))
+    in_every_set = set(names).intersection(*(png_names(s) for s in sets))
     common = [n for n in names if n in in_every_set]
     if len(sets) < 2 or not common:
       raise ValueError(f"LPIPS diversity needs >= 2 sample sets of the same maps under "
