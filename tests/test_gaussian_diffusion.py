@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
+from scdm_jax.diffusion import gaussian
 from scdm_jax.diffusion.gaussian import GaussianDiffusion, dynamic_threshold_x0
 
 DIFF = GaussianDiffusion.create("linear", 1000, "ddim25")
@@ -114,3 +115,43 @@ def test_losses_and_stop_gradient():
 def test_bad_fixed_variance():
   with pytest.raises(ValueError, match="'medium'"):
     GaussianDiffusion.create(fixed_variance="medium")
+
+
+def _float64_log_likelihood(x, means, log_scales):
+  """guided-diffusion's discretized likelihood in float64, with exact tail complements."""
+  x, means, log_scales = (np.asarray(v, np.float64) for v in (x, means, log_scales))
+  inv = np.exp(-log_scales)
+
+  def a(v):  # 0.5 * (1 + tanh(a)) = sigmoid(2a)
+    return 2.0 * np.sqrt(2.0 / np.pi) * (v + 0.044715 * v ** 3)
+
+  def cdf(v):
+    return 1.0 / (1.0 + np.exp(-a(v)))
+
+  def survival(v):
+    return 1.0 / (1.0 + np.exp(a(v)))
+
+  plus, minus = inv * (x - means + 1 / 255), inv * (x - means - 1 / 255)
+  mass = np.where(x > means, survival(minus) - survival(plus), cdf(plus) - cdf(minus))
+  log = lambda v: np.log(np.maximum(v, 1e-12))
+  return np.where(x < -0.999, log(cdf(plus)),
+                  np.where(x > 0.999, log(survival(minus)), log(mass)))
+
+
+def test_discretized_likelihood_is_accurate_in_the_tails():
+  # Pixels many standard deviations from the predicted mean: in float32 the tanh form
+  # rounded the CDF to 1 and sent these to the log(1e-12) floor (-27.6).
+  rng = np.random.default_rng(0)
+  n = 4096
+  x = np.clip(np.round(rng.uniform(-1, 1, n) * 127.5) / 127.5, -1, 1).astype(np.float32)
+  x[:4] = [-1.0, 1.0, 0.5, -0.5]
+  means = rng.uniform(-1.5, 1.5, n).astype(np.float32)
+  means[:4] = [-0.945, 0.945, 0.445, -0.445]  # tanh argument near 7.9 at the bin edge
+  log_scales = rng.uniform(-6.0, 0.0, n).astype(np.float32)
+  log_scales[:4] = np.log(0.0105)
+  with np.errstate(over="ignore"):
+    want = _float64_log_likelihood(x, means, log_scales)
+  got = np.asarray(gaussian.discretized_gaussian_log_likelihood(
+      jnp.asarray(x), means=jnp.asarray(means), log_scales=jnp.asarray(log_scales)))
+  assert np.all(want[:4] > -27.0), want[:4]  # the probe pixels are above the floor
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
