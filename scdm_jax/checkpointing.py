@@ -32,7 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from scdm_jax import fileio
+from scdm_jax.io import fileio
 
 _PARAMS = "params"
 _META = "meta"

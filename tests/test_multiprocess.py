@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -15,6 +17,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_two_steps(tmp_path):
   port = _free_port()
   workdir = tmp_path / "mp"
