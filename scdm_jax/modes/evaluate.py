@@ -54,6 +54,7 @@ class Inputs:
   config: ml_collections.ConfigDict
   es: ml_collections.ConfigDict  # config.eval
   nets: dict[str, Any]
+  samples_dir: str
   sets: list[str]
   names: list[str]
   gen: np.ndarray
@@ -112,7 +113,7 @@ def _lpips(x: Inputs, metrics, details) -> str:
   common = [n for n in x.names if n in in_every_set]
   if len(x.sets) < 2 or not common:
     raise ValueError(f"LPIPS diversity needs >= 2 sample sets of the same maps under "
-                     f"{os.path.dirname(x.sets[0])} (sample_0/, sample_1/, ...; set "
+                     f"{x.samples_dir} (sample_0/, sample_1/, ...; set "
                      "config.sample.num_samples_per_map); found "
                      f"{len(x.sets)} set(s), {len(common)} common maps.")
   size = int(x.config.data.image_size)
@@ -259,7 +260,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
   gen, resized = sample_sets.load_images(sets[0], names, size)
   ref_images, ref_ids = sample_sets.load_reference(config, split, names,
                                                    ignore_index=IGNORE_INDEX)
-  inputs = Inputs(config, es, nets, sets, names, gen, ref_images, ref_ids, split)
+  inputs = Inputs(config, es, nets, samples_dir, sets, names, gen, ref_images, ref_ids, split)
 
   metrics: dict[str, Any] = {}
   details: dict[str, Any] = {}
