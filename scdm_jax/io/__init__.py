@@ -1,0 +1,5 @@
+"""Files in and out: atomic writes, local-or-URL paths, images and masks, the progress bar.
+
+Depends on numpy, Pillow and the standard library only (etils for URLs). Import the modules
+directly (`from scdm_jax.io import fileio`); this package re-exports nothing.
+"""
