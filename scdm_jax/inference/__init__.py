@@ -1,0 +1,1 @@
+"""Inference pipelines built on pretrained third-party weights (Paint by Example)."""

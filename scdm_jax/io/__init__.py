@@ -1,0 +1,1 @@
+"""Readers for third-party weight files (safetensors and PyTorch checkpoints), torch-free."""
