@@ -1,6 +1,18 @@
 """Paint by Example inference: exemplar-conditioned latent inpainting, one jitted program.
 
-Loads a diffusers-format Paint by Example folder (the Hugging Face release's layout):
+`PaintPipeline.load(path)` takes any of three sources, told apart by their files:
+
+* a diffusers-format Paint by Example folder (`model_index.json`; the Hugging Face
+  release's layout, below), read by `from_pretrained`;
+* an original Paint by Example checkpoint file (`model.ckpt`, LDM names; `.ckpt`, `.pt`,
+  `.pth` or `.safetensors`), with the configs of a diffusers folder (`config=`) or the
+  released ones (`released_pipeline_configs()`);
+* an inference export (`params/` + `meta/`, written by `save_export` through
+  `scdm_jax.checkpointing`, e.g. by `python -m scdm_jax.tools.convert_pbe SRC OUT`), read
+  by `from_export` straight into the modules' abstract state (no random init), already
+  replicated over the mesh.
+
+The diffusers folder:
 
     model_index.json
     unet/config.json               + diffusion_pytorch_model.safetensors (or .bin)
@@ -32,6 +44,7 @@ copies of its last example. Randomness is per example: example `i` draws from
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -44,14 +57,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scdm_jax import sharding
+from scdm_jax import checkpointing, fileio, sharding
 from scdm_jax.data import exemplar
 from scdm_jax.diffusion import ldm_schedulers
 from scdm_jax.io import weights
 from scdm_jax.models import ldm_keys, pbe_import
-from scdm_jax.models.autoencoder_kl import VAEConfig
+from scdm_jax.models.autoencoder_kl import AutoencoderKL, VAEConfig
 from scdm_jax.models.clip_vision import CLIPVisionConfig
-from scdm_jax.models.sd_unet import SDUNetConfig
+from scdm_jax.models.pbe_encoder import PaintByExampleImageEncoder
+from scdm_jax.models.sd_unet import SDUNet, SDUNetConfig
 
 SAMPLERS = ("ddim", "pndm")
 POSTERIORS = ("sample", "mean")
@@ -62,6 +76,39 @@ _WEIGHT_FILES = {
     "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
     "image_encoder": ("model.safetensors", "pytorch_model.bin"),
 }
+
+# The config dicts of a pipeline (and of an export's meta["model"]), by component.
+CONFIG_FILES = {
+    "unet": "unet/config.json",
+    "vae": "vae/config.json",
+    "image_encoder": "image_encoder/config.json",
+    "scheduler": "scheduler/scheduler_config.json",
+    "feature_extractor": "feature_extractor/preprocessor_config.json",
+}
+MODULES = ("unet", "vae", "image_encoder")
+EXPORT_KIND = "paint_by_example"
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors")
+
+# The released pipeline's (Fantasy-Studio/Paint-by-Example) scheduler/ and
+# feature_extractor/ configs: an original model.ckpt carries no configs.
+RELEASED_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": False,
+    "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None, "clip_sample": False,
+}
+RELEASED_FEATURE_EXTRACTOR_CONFIG: dict[str, Any] = {
+    "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+    "image_mean": list(exemplar.OPENAI_CLIP_MEAN), "image_std": list(exemplar.OPENAI_CLIP_STD),
+    "resample": 3, "size": 224,
+}
+
+
+def released_pipeline_configs() -> dict[str, dict[str, Any]]:
+  """The released pipeline's five config dicts (fresh copies), keyed as `CONFIG_FILES`."""
+  out = copy.deepcopy(pbe_import.RELEASED_PBE_CONFIGS)
+  out["scheduler"] = copy.deepcopy(RELEASED_SCHEDULER_CONFIG)
+  out["feature_extractor"] = copy.deepcopy(RELEASED_FEATURE_EXTRACTOR_CONFIG)
+  return out
 
 
 def _read_json(path: str, what: str) -> dict[str, Any]:
@@ -95,6 +142,86 @@ def read_component_weights(folder: str, component: str) -> dict[str, np.ndarray]
                           " and sharded .index.json)")
 
 
+def read_pipeline_configs(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
+  """The five config dicts of a diffusers Paint by Example folder (keyed as `CONFIG_FILES`).
+
+  Raises:
+    FileNotFoundError / ValueError: (one line) not a folder, or a missing / invalid file.
+  """
+  folder = os.fspath(folder)
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"{folder}: not a folder (expected a diffusers Paint by Example "
+                            "pipeline folder)")
+  _read_json(os.path.join(folder, "model_index.json"), "the pipeline index")
+  return {c: _read_json(os.path.join(folder, f), f) for c, f in CONFIG_FILES.items()}
+
+
+def parse_configs(configs: Mapping[str, Mapping[str, Any]], where: str):
+  """The five config dicts -> (unet, vae, clip configs, scheduler dict, preprocess config).
+
+  Args:
+    configs: keyed as `CONFIG_FILES` (a folder's files, an export's meta["model"]).
+    where: how to name the source in error messages.
+
+  Raises:
+    ValueError: (one line) a missing, unsupported or inconsistent config.
+  """
+  missing = [c for c in CONFIG_FILES if not isinstance(configs.get(c), Mapping)]
+  if missing:
+    raise ValueError(f"{where}: no config for {', '.join(missing)}")
+  unet_cfg = SDUNetConfig.from_diffusers(configs["unet"])
+  vae_cfg = VAEConfig.from_diffusers(configs["vae"])
+  clip_cfg = CLIPVisionConfig.from_transformers(configs["image_encoder"])
+  sched = dict(configs["scheduler"])
+  ldm_schedulers.SchedulerConfig.from_dict(sched, "pndm")  # refuse bad settings early
+  pre = exemplar.ClipPreprocessConfig.from_dict(configs["feature_extractor"])
+  if (pre.crop_height, pre.crop_width) != (clip_cfg.image_size,) * 2:
+    raise ValueError(f"{where}: feature_extractor crop {pre.crop_height}x{pre.crop_width} "
+                     f"!= image_encoder image_size {clip_cfg.image_size}")
+  return unet_cfg, vae_cfg, clip_cfg, sched, pre
+
+
+def _flat_shapes(tree: Mapping[str, Any], prefix: str = "") -> dict[str, list[int]]:
+  """`{"unet/conv_in/kernel": [3, 3, 9, 32], ...}` of a nested dict of arrays."""
+  out: dict[str, list[int]] = {}
+  for k, v in tree.items():
+    name = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(_flat_shapes(v, name + "/"))
+    else:
+      out[name] = [int(d) for d in v.shape]
+  return out
+
+
+def _check_export_shapes(want: dict[str, list[int]], stored: Mapping[str, Any],
+                         where: str) -> None:
+  """One-line error when the config's parameters do not fit the export's."""
+  missing = sorted(set(want) - set(stored))
+  unexpected = sorted(set(stored) - set(want))
+  wrong = [f"{n} {tuple(stored[n])} (config: {tuple(want[n])})" for n in sorted(want)
+           if n in stored and list(stored[n]) != want[n]]
+  parts = []
+  for what, names in (("missing", missing), ("unexpected", unexpected),
+                      ("of another shape", wrong)):
+    if names:
+      more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
+      parts.append(f"{len(names)} parameter(s) {what}: {', '.join(names[:3])}{more}")
+  if parts:
+    raise ValueError(f"{where}: the weights do not fit the config: {'; '.join(parts)}")
+
+
+def _place(state: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Replicates `state` over `mesh`; arrays already placed so (an export) are kept as is."""
+  rep = sharding.replicated(mesh)
+
+  def put(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(rep, x.ndim):
+      return x
+    return sharding.device_put_tree(x, rep)
+
+  return jax.tree.map(put, state)
+
+
 @dataclasses.dataclass(frozen=True)
 class PaintOptions:
   """The static settings of one compiled chain (a new value compiles a new program)."""
@@ -117,18 +244,24 @@ class PaintPipeline:
     unet_config, vae_config, clip_config: their architectures.
     scheduler_config: the raw scheduler_config.json dict.
     preprocess: the exemplar processor settings (feature_extractor/).
+    configs: the five raw config dicts (keyed as `CONFIG_FILES`; None when built
+      without them), what `save_export` writes.
+    source: where the weights came from (for an export's meta).
     mesh: the device mesh the batch is sharded over.
   """
 
   def __init__(self, unet, vae, image_encoder, *, unet_config: SDUNetConfig,
                vae_config: VAEConfig, clip_config: CLIPVisionConfig,
                scheduler_config: Mapping[str, Any],
-               preprocess: exemplar.ClipPreprocessConfig, mesh: jax.sharding.Mesh | None = None):
-    """Wraps loaded modules. Most callers use `from_pretrained`."""
+               preprocess: exemplar.ClipPreprocessConfig, mesh: jax.sharding.Mesh | None = None,
+               configs: Mapping[str, Mapping[str, Any]] | None = None, source: str = ""):
+    """Wraps loaded modules. Most callers use `load` (or `from_pretrained`)."""
     self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
     self.unet_config, self.vae_config, self.clip_config = unet_config, vae_config, clip_config
     self.scheduler_config = dict(scheduler_config)
     self.preprocess = preprocess
+    self.configs = copy.deepcopy(dict(configs)) if configs is not None else None
+    self.source = source
     lat = vae_config.latent_channels
     if unet_config.in_channels != 2 * lat + 1:
       raise ValueError(f"unet in_channels={unet_config.in_channels}, Paint by Example needs "
@@ -139,11 +272,57 @@ class PaintPipeline:
     self.mesh = mesh if mesh is not None else sharding.make_mesh({"data": -1, "fsdp": 1})
     graphdef, state = nnx.split((unet, vae, image_encoder))
     self._graphdef = graphdef
-    self._state = sharding.device_put_tree(
-        state, jax.tree.map(lambda _: sharding.replicated(self.mesh), state))
+    self._state = _place(state, self.mesh)
     # The modules share the replicated arrays (no second copy of the weights).
     nnx.update((unet, vae, image_encoder), self._state)
     self._programs: dict[Any, Any] = {}
+
+  # ---------------------------------------------------------------------- loading
+
+  @classmethod
+  def load(cls, path: str | os.PathLike, *, config: str | os.PathLike | None = None,
+           dtype: Any = jnp.float32, param_dtype: Any = None,
+           mesh: jax.sharding.Mesh | None = None,
+           attention_implementation: str | None = None) -> PaintPipeline:
+    """Loads a diffusers folder, an original checkpoint file or an export (by its files).
+
+    Args:
+      path: a folder with `model_index.json` (diffusers), a folder with `params/` and
+        `meta/` (an export), or a `.ckpt` / `.pt` / `.pth` / `.safetensors` file (the
+        original LDM-named checkpoint).
+      config: only with a checkpoint file: a diffusers folder whose configs to use
+        (its weight files are not needed); default: the released configs.
+      dtype: compute dtype (float32 or bfloat16).
+      param_dtype: parameter dtype; None: an export's stored dtype, else float32.
+      mesh: device mesh (default: every device on the data axis).
+      attention_implementation: passed to the modules (None, "xla", "cudnn").
+
+    Raises:
+      FileNotFoundError / ValueError: (one line) an unknown or incomplete source, or
+        weights that do not fit the configs.
+    """
+    path = os.fspath(path)
+    kw = dict(dtype=dtype, mesh=mesh, attention_implementation=attention_implementation)
+    is_file = os.path.isfile(path)
+    if config is not None and not is_file:
+      raise ValueError(f"{path}: config= is only for an original checkpoint file")
+    if is_file:
+      if not path.endswith(CHECKPOINT_SUFFIXES):
+        raise ValueError(f"{path}: not a Paint by Example checkpoint (expected a file ending "
+                         f"in {' / '.join(CHECKPOINT_SUFFIXES)}, or a folder)")
+      configs = (read_pipeline_configs(config) if config is not None
+                 else released_pipeline_configs())
+      return cls._from_ldm_checkpoint(path, configs, param_dtype=param_dtype or jnp.float32,
+                                      **kw)
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"{path}: no such file or folder")
+    if os.path.isfile(os.path.join(path, "model_index.json")):
+      return cls.from_pretrained(path, param_dtype=param_dtype or jnp.float32, **kw)
+    if os.path.exists(os.path.join(path, "params")) or os.path.exists(
+        os.path.join(path, "meta")):
+      return cls.from_export(path, param_dtype=param_dtype, **kw)
+    raise FileNotFoundError(f"{path}: not a Paint by Example source (no model_index.json of a "
+                            "diffusers folder, no params/ + meta/ of an export)")
 
   @classmethod
   def from_pretrained(cls, folder: str | os.PathLike, *, dtype: Any = jnp.float32,
@@ -167,38 +346,138 @@ class PaintPipeline:
       FileNotFoundError / ValueError: (one line) a missing part or unusable weights.
     """
     folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-      raise FileNotFoundError(f"{folder}: not a folder (expected a diffusers Paint by Example "
-                              "pipeline folder)")
-    _read_json(os.path.join(folder, "model_index.json"), "the pipeline index")
-    cfg = lambda c, f="config.json": _read_json(os.path.join(folder, c, f), f"{c}/{f}")
-    unet_cfg = SDUNetConfig.from_diffusers(cfg("unet"))
-    vae_cfg = VAEConfig.from_diffusers(cfg("vae"))
-    clip_cfg = CLIPVisionConfig.from_transformers(cfg("image_encoder"))
-    sched = cfg("scheduler", "scheduler_config.json")
-    ldm_schedulers.SchedulerConfig.from_dict(sched, "pndm")  # refuse bad settings early
-    pre = exemplar.ClipPreprocessConfig.from_dict(
-        cfg("feature_extractor", "preprocessor_config.json"))
-    if (pre.crop_height, pre.crop_width) != (clip_cfg.image_size,) * 2:
-      raise ValueError(f"{folder}: feature_extractor crop {pre.crop_height}x{pre.crop_width} "
-                       f"!= image_encoder image_size {clip_cfg.image_size}")
-    kw = dict(dtype=dtype, param_dtype=param_dtype,
+    configs = read_pipeline_configs(folder)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, mesh=mesh,
               attention_implementation=attention_implementation)
     if ldm_checkpoint is not None:
-      ckpt = os.fspath(ldm_checkpoint)
-      split = ldm_keys.convert_ldm_checkpoint(weights.read_tensors(ckpt),
-                                              unet_config=cfg("unet"), vae_config=cfg("vae"))
-      states = {"unet": split.unet, "vae": split.vae, "image_encoder": split.image_encoder}
-      sub = lambda c: f"{ckpt} ({c})"
-    else:
-      states = {c: read_component_weights(folder, c) for c in _WEIGHT_FILES}
-      sub = lambda c: os.path.join(folder, c)
+      return cls._from_ldm_checkpoint(os.fspath(ldm_checkpoint), configs, where=folder, **kw)
+    parse_configs(configs, folder)  # config errors before reading any weights
+    states = {c: read_component_weights(folder, c) for c in MODULES}
+    return cls._from_state_dicts(configs, states, lambda c: os.path.join(folder, c),
+                                 where=folder, source=f"diffusers folder {os.path.abspath(folder)}",
+                                 **kw)
+
+  @classmethod
+  def _from_ldm_checkpoint(cls, ckpt: str, configs, *, where: str | None = None, **kw):
+    """An original LDM-named checkpoint with the given config dicts."""
+    parse_configs(configs, where or ckpt)
+    if not os.path.isfile(ckpt):
+      raise FileNotFoundError(f"{ckpt}: no such checkpoint file")
+    split = ldm_keys.convert_ldm_checkpoint(weights.read_tensors(ckpt),
+                                            unet_config=configs["unet"], vae_config=configs["vae"])
+    states = {"unet": split.unet, "vae": split.vae, "image_encoder": split.image_encoder}
+    return cls._from_state_dicts(configs, states, lambda c: f"{ckpt} ({c})", where=where or ckpt,
+                                 source=f"original checkpoint {os.path.abspath(ckpt)}", **kw)
+
+  @classmethod
+  def _from_state_dicts(cls, configs, states, sub, *, where: str, source: str, dtype,
+                        param_dtype, mesh, attention_implementation) -> PaintPipeline:
+    unet_cfg, vae_cfg, clip_cfg, sched, pre = parse_configs(configs, where)
+    kw = dict(dtype=dtype, param_dtype=param_dtype,
+              attention_implementation=attention_implementation)
     unet = pbe_import.unet_from_state_dict(states["unet"], unet_cfg, source=sub("unet"), **kw)
     vae = pbe_import.vae_from_state_dict(states["vae"], vae_cfg, source=sub("vae"), **kw)
     enc = pbe_import.image_encoder_from_state_dict(
         states["image_encoder"], clip_cfg, source=sub("image_encoder"), **kw)
     return cls(unet, vae, enc, unet_config=unet_cfg, vae_config=vae_cfg, clip_config=clip_cfg,
-               scheduler_config=sched, preprocess=pre, mesh=mesh)
+               scheduler_config=sched, preprocess=pre, mesh=mesh, configs=configs,
+               source=source)
+
+  @classmethod
+  def from_export(cls, directory: str | os.PathLike, *, dtype: Any = jnp.float32,
+                  param_dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
+                  attention_implementation: str | None = None) -> PaintPipeline:
+    """Loads an export written by `save_export`.
+
+    The modules are built abstractly (`nnx.eval_shape`, no random init) and the weights
+    are restored by orbax straight into their replicated sharding over `mesh`.
+
+    Args:
+      directory: the export folder (`params/`, `meta/`).
+      dtype: compute dtype.
+      param_dtype: parameter dtype (None: the stored one; another is cast on restore).
+      mesh: device mesh (default: every device on the data axis).
+      attention_implementation: passed to the modules.
+
+    Raises:
+      FileNotFoundError / ValueError: (one line) not an export, not a Paint by Example
+        one, or a config that does not fit the stored weights.
+    """
+    directory = os.fspath(directory)
+    meta = _read_export_meta(directory)
+    model = meta.get("model")
+    if not isinstance(model, Mapping) or model.get("kind") != EXPORT_KIND:
+      kind = model.get("kind") if isinstance(model, Mapping) else None
+      raise ValueError(f"{directory}: not a Paint by Example export (meta model kind "
+                       f"{kind!r}, expected {EXPORT_KIND!r})")
+    configs = {c: model.get(c) for c in CONFIG_FILES}
+    unet_cfg, vae_cfg, clip_cfg, sched, pre = parse_configs(configs, directory)
+    if param_dtype is None:
+      param_dtype = jnp.dtype(meta.get("param_dtype", "float32"))
+    kw = dict(dtype=dtype, param_dtype=param_dtype,
+              attention_implementation=attention_implementation)
+    rngs = lambda: nnx.Rngs(0)  # only traced: eval_shape allocates nothing
+    modules = nnx.eval_shape(lambda: (
+        SDUNet(unet_cfg, rngs=rngs(), **kw),
+        AutoencoderKL(vae_cfg, rngs=rngs(), **kw),
+        PaintByExampleImageEncoder(clip_cfg, rngs=rngs(), **kw)))
+    states = {c: nnx.state(m) for c, m in zip(MODULES, modules)}
+    abstract = {c: nnx.to_pure_dict(st) for c, st in states.items()}
+    if isinstance(meta.get("param_shapes"), Mapping):
+      _check_export_shapes(_flat_shapes(abstract), meta["param_shapes"], directory)
+    mesh = mesh if mesh is not None else sharding.make_mesh({"data": -1, "fsdp": 1})
+    rep = sharding.replicated(mesh)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+                          abstract)
+    try:
+      params, _ = checkpointing.load_export(directory, target)
+    except (ValueError, KeyError, TypeError) as e:  # orbax: tree or shape mismatch
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ValueError(f"{directory}: the weights do not fit the config ({first})") from None
+    for c, m in zip(MODULES, modules):
+      nnx.replace_by_pure_dict(states[c], params[c])
+      nnx.update(m, states[c])
+    return cls(*modules, unet_config=unet_cfg, vae_config=vae_cfg, clip_config=clip_cfg,
+               scheduler_config=sched, preprocess=pre, mesh=mesh, configs=configs,
+               source=str(meta.get("source", "")))
+
+  def params(self) -> dict[str, Any]:
+    """`{"unet": ..., "vae": ..., "image_encoder": ...}` nested dicts of the weights."""
+    return {c: nnx.to_pure_dict(nnx.state(m))
+            for c, m in zip(MODULES, (self.unet, self.vae, self.image_encoder))}
+
+  def param_counts(self) -> dict[str, int]:
+    """Parameter counts (see `pbe_import.param_counts`)."""
+    return pbe_import.param_counts(self.unet_config, self.vae_config, self.clip_config)
+
+  def save_export(self, directory: str | os.PathLike, *, source: str | None = None) -> str:
+    """Writes the pipeline as an inference export (`scdm_jax.checkpointing.save_export`).
+
+    meta: `{"model": {"kind": "paint_by_example", "unet", "vae", "image_encoder",
+    "scheduler", "feature_extractor": config dicts}, "source", "param_dtype",
+    "param_counts", "param_shapes"}` (the shapes let `from_export` name the parameters a
+    changed config no longer fits before restoring anything).
+
+    Args:
+      directory: target folder (replaced if it exists).
+      source: the meta's source line (default: where the weights were loaded from).
+
+    Returns:
+      The absolute path written.
+    """
+    if self.configs is None:
+      raise ValueError("save_export: this pipeline was built without its config dicts "
+                       "(configs=); load it with PaintPipeline.load")
+    params = self.params()
+    dtypes = sorted({str(x.dtype) for x in jax.tree.leaves(params)})
+    meta = {
+        "model": {"kind": EXPORT_KIND, **{c: self.configs[c] for c in CONFIG_FILES}},
+        "source": source if source is not None else self.source,
+        "param_dtype": dtypes[0] if len(dtypes) == 1 else "mixed",
+        "param_counts": self.param_counts(),
+        "param_shapes": _flat_shapes(params),
+    }
+    return checkpointing.save_export(directory, params, meta)
 
   # ------------------------------------------------------------------- host stages
 
@@ -356,6 +635,26 @@ def _check_posterior(posterior: str, key) -> None:
   if posterior == "sample" and key is None:
     raise ValueError("posterior='sample' draws from the VAE posterior: pass key= "
                      "(or posterior='mean')")
+
+
+def _read_export_meta(directory: str) -> dict[str, Any]:
+  """The JSON meta of an export, read before its weights (to build the restore target).
+
+  It is the file orbax's JsonCheckpointHandler writes (`meta/metadata`); the weights are
+  then read by `checkpointing.load_export`.
+  """
+  params_dir, meta_file = (os.path.join(directory, "params"),
+                           os.path.join(directory, "meta", "metadata"))
+  if not fileio.isdir(params_dir) or not fileio.exists(meta_file):
+    raise FileNotFoundError(f"{directory}: not a complete export (needs params/ and "
+                            "meta/metadata, as PaintPipeline.save_export writes)")
+  try:
+    meta = json.loads(fileio.read_bytes(meta_file))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{meta_file}: not valid JSON ({e})") from None
+  if not isinstance(meta, dict):
+    raise ValueError(f"{meta_file}: not a JSON object")
+  return meta
 
 
 def _pad_batch(arrays: list[np.ndarray], multiple: int) -> list[np.ndarray]:

@@ -1,0 +1,1 @@
+"""Command-line tools (`python -m scdm_jax.tools.<name>`)."""
