@@ -289,6 +289,17 @@ def test_unet_bf16_close_to_fp32(pbe, fixture_unet):
   assert err < 5e-2
 
 
+def test_image_encoder_bf16_close_to_fp32(pbe):
+  # bf16 attention used to fail to compile on the CPU (no bf16 x bf16 -> f32 dot there).
+  folder, io = pbe
+  cfg = CLIPVisionConfig.from_transformers(_config(folder, "image_encoder"))
+  enc = pi.image_encoder_from_state_dict(
+      read_tensors(folder / "image_encoder" / "model.safetensors"), cfg, dtype=jnp.bfloat16)
+  emb = nnx.jit(lambda m, x: m(x))(enc, jnp.asarray(io["example_pixel_values"]))
+  assert emb.dtype == jnp.float32
+  assert rel_err(emb, io["image_embeddings"]) < 5e-2
+
+
 def test_remat_gives_same_gradients():
   # The tiny CLIP encoder keeps the two backward compiles short; the UNet's remat path
   # (the same run_block) is checked forward below.

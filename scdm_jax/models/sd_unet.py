@@ -182,10 +182,15 @@ def attention(q: Array, k: Array, v: Array, heads: int,
   if implementation == "cudnn" and (hd > _CUDNN_MAX_HEAD_DIM or hd % 8
                                     or q.dtype not in (jnp.bfloat16, jnp.float16)):
     implementation = None
+  dtype = q.dtype
+  if jax.default_backend() == "cpu" and dtype in (jnp.bfloat16, jnp.float16):
+    # XLA's CPU emitter has no bf16 x bf16 -> f32 dot for some attention shapes (it fails
+    # to compile "ALG_DOT_BF16_BF16_F32"); half precision on a CPU is only for checks.
+    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
   split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, hd)  # (B, L, N, H)
   out = jax.nn.dot_product_attention(split(q), split(k), split(v),
                                      implementation=implementation)
-  return out.reshape(b, lq, inner)
+  return out.reshape(b, lq, inner).astype(dtype)
 
 
 class Attention(nnx.Module):
