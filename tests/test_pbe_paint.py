@@ -132,3 +132,16 @@ def test_unguided_chain_matches_diffusers_pipeline(fixture_data):
                         guidance_scale=1.0, latents=d["latents_T"], posterior="mean",
                         return_latents=True)
   assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+
+
+def test_progress_reports_every_call_and_changes_nothing(fixture_data):
+  root, d = fixture_data
+  pipe = PaintPipeline.from_pretrained(root / "pipeline", mesh=_mesh(1))
+  args = (d["image_u8"][None], d["mask_u8"][None], [d["example_u8"]])
+  kw = dict(key=jax.random.key(0), num_steps=3, sampler="pndm")
+  seen = []
+  with_bar = pipe.paint(*args, progress=lambda i, n: seen.append((i, n)), **kw)
+  without = pipe.paint(*args, **kw)
+  # PNDM with skip_prk_steps makes N + 1 network calls.
+  assert sorted(set(seen)) == [(i, 4) for i in range(1, 5)]
+  np.testing.assert_array_equal(with_bar, without)

@@ -234,6 +234,7 @@ class PaintOptions:
   posterior: str = "sample"
   clip_sample: bool | None = None  # DDIM x0 clipping; None: the config's value, else off
   given_latents: bool = False
+  report_progress: bool = False  # call the host progress hook after every network call
 
 
 class PaintPipeline:
@@ -276,6 +277,7 @@ class PaintPipeline:
     # The modules share the replicated arrays (no second copy of the weights).
     nnx.update((unet, vae, image_encoder), self._state)
     self._programs: dict[Any, Any] = {}
+    self._progress = None  # the host progress hook of the current paint() call
 
   # ---------------------------------------------------------------------- loading
 
@@ -521,6 +523,10 @@ class PaintPipeline:
 
   # ---------------------------------------------------------------- device stages
 
+  def _report_progress(self, call, total) -> None:
+    if self._progress is not None:
+      self._progress(int(call), int(total))
+
   def _modules(self, state):
     return nnx.merge(self._graphdef, state)
 
@@ -574,7 +580,7 @@ class PaintPipeline:
             eta: float = 0.0, paste_back: bool = False, latents: np.ndarray | None = None,
             posterior: str = "sample", mask_resize: str = "nearest",
             exemplar_mode: str = "processor", clip_sample: bool | None = None,
-            return_latents: bool = False):
+            return_latents: bool = False, progress=None):
     """Repaints the masked region of each image with its exemplar's object.
 
     Args:
@@ -594,6 +600,8 @@ class PaintPipeline:
       exemplar_mode: "processor" or "squash" (see `exemplar_pixel_values`).
       clip_sample: DDIM x0 clipping (None: the scheduler config's value, else off).
       return_latents: also return the final latents.
+      progress: optional host function `progress(call, total)` called after every network
+        call of the chain (total = the scheduler's number of calls).
 
     Returns:
       (B, H, W, 3) float32 images in [0, 1]; with `return_latents`, `(images, latents)`.
@@ -601,7 +609,8 @@ class PaintPipeline:
     opts = PaintOptions(sampler=sampler, num_steps=int(num_steps),
                         guidance_scale=float(guidance_scale), eta=float(eta),
                         paste_back=bool(paste_back), posterior=posterior,
-                        clip_sample=clip_sample, given_latents=latents is not None)
+                        clip_sample=clip_sample, given_latents=latents is not None,
+                        report_progress=progress is not None)
     self.scheduler(sampler, num_steps, eta=eta, clip_sample=clip_sample)  # validate on host
     _check_posterior(posterior, key)
     needs_key = latents is None or (sampler == "ddim" and opts.eta > 0)
@@ -624,6 +633,9 @@ class PaintPipeline:
         raise ValueError(f"paint: latents must have shape {lat_shape}, got {latents.shape}")
     source01 = (image + 1) / 2
     idx = np.arange(b, dtype=np.int32)
+    # The compiled chain calls one fixed hook; the callable changes per call without
+    # changing the program.
+    self._progress = progress
     images, final = self._run("paint", _paint_fn, pixels, masked, mask_lat, keep, source01,
                               latents, idx, static=opts, extra=(key,))
     return (images, final) if return_latents else images
@@ -737,6 +749,8 @@ def _paint_fn(pipe: PaintPipeline, opts: PaintOptions, state, pixels, masked, ma
     if opts.sampler == "ddim" and opts.eta > 0:
       noise = _per_example_normal(jax.random.fold_in(k_eta, i), idx, x.shape[1:])
     x, st = sched.step(st, i, eps, x, noise=noise)
+    if opts.report_progress:
+      jax.debug.callback(pipe._report_progress, i + 1, sched.num_calls)
     return (x, st), None
 
   (x, _), _ = jax.lax.scan(body, (x, sched.init_state(x)), jnp.arange(sched.num_calls))
