@@ -20,6 +20,8 @@ Schema (sections):
   train      total_steps, batch_size (GLOBAL, over all devices and hosts), grad_accum,
              cadences (log/sample/checkpoint), retention, seed.
   sample     sampler settings for periodic grids and `--mode sample`.
+  edit, eval `--mode edit` (SDEdit, masked editing) and `--mode evaluate`.
+  paint      `--mode paint`: Paint by Example (weights, source/mask/exemplar, sampler).
   mesh       device mesh: data x fsdp (-1 = fill in), fsdp_min_size.
   init_from  optional inference checkpoint (save_export format) to start training from.
 """
@@ -185,6 +187,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.segmenter_weights = ""
   config.eval.proxy_weights = ""  # proxy segmenter npz (python -m scdm_jax.evaluation.proxy)
   config.eval.output = ""  # "" = <workdir>/eval/report.json
+
+  # -------------------------------------------------------------------------- paint
+  config.paint = ml_collections.ConfigDict()  # --mode paint (docs/paint_by_example.md)
+  config.paint.weights = ""  # diffusers Paint-by-Example folder, model.ckpt, or an export
+  config.paint.weights_config = ""  # model.ckpt only: a diffusers folder with its configs ("" = released)
+  config.paint.source = ""  # source image (PNG/JPEG) or folder; sides divisible by 8
+  config.paint.mask = ""  # mask PNG or folder (one per source name): 255 = repaint, 0 = keep
+  config.paint.exemplar = ""  # exemplar image or folder (one per source name)
+  config.paint.num_steps = 50  # PNDM makes num_steps + 1 network calls
+  config.paint.guidance_scale = 5.0  # classifier-free guidance on the exemplar (<= 1: off)
+  config.paint.sampler = "pndm"  # pndm (PLMS, the official sampler) | ddim
+  config.paint.eta = 0.0  # ddim only
+  config.paint.seed = 0
+  config.paint.num_samples = 1  # samples per source
+  config.paint.batch_size = 4  # sources per program call (rounded up to the device count)
+  config.paint.paste_back = False  # copy the kept pixels of the source into the result
+  config.paint.posterior = "sample"  # masked-image latents: sample (release) | mean
+  config.paint.mask_resize = "nearest"  # mask -> latent size: nearest (diffusers) | bilinear (official code)
+  config.paint.exemplar_resize = "processor"  # processor (CLIP resize + centre crop) | squash (official 224x224)
+  config.paint.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay as stored)
+  config.paint.output_dir = ""  # "" = <workdir>/paint
 
   # -------------------------------------------------------------------------- mesh
   config.mesh = ml_collections.ConfigDict()

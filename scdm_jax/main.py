@@ -8,6 +8,8 @@ Modes:
   edit      SDEdit from strokes, or masked regeneration after a label edit (config.edit;
             docs/editing.md).
   evaluate  metrics of the samples against a split (config.eval; docs/evaluation.md).
+  paint     Paint by Example: an exemplar painted into the masked region of a photo
+            (config.paint; docs/paint_by_example.md).
   corrupt   the noisy-label benchmark: passes the remaining arguments after `--` to
             `python -m scdm_jax.data.corrupt`.
 
@@ -39,6 +41,7 @@ from scdm_jax.modes import corrupt
 from scdm_jax.modes import edit
 from scdm_jax.modes import evaluate
 from scdm_jax.modes import export
+from scdm_jax.modes import paint
 from scdm_jax.modes import sample
 from scdm_jax.modes import train
 
@@ -49,6 +52,7 @@ MODES = {
     "edit": edit,
     "evaluate": evaluate,
     "export": export,
+    "paint": paint,
     "corrupt": corrupt,
 }
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from scdm_jax.data import datasets
 from scdm_jax.data import palettes
 
 ON_BAD = ("skip", "stop")
@@ -277,7 +278,6 @@ def dataset_boxes(data_config, split: str = "train", *, stuff: Iterable[str] | N
   Returns:
     BoxSet; procedural records carry (index, size, seed, split) instead of a path.
   """
-  from scdm_jax.data import datasets  # pylint: disable=import-outside-toplevel
   source = datasets.make_source(data_config, split)
   stuff = DEFAULT_STUFF.get(source.name, ("unlabeled",)) if stuff is None else tuple(stuff)
   table = palettes.get_class_table(source.name)

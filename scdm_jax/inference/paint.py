@@ -57,7 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scdm_jax import checkpointing, fileio, sharding
+from scdm_jax import checkpointing, sharding
+from scdm_jax.io import fileio
 from scdm_jax.data import exemplar
 from scdm_jax.diffusion import ldm_schedulers
 from scdm_jax.io import weights

@@ -25,6 +25,8 @@ import os
 import jax
 import numpy as np
 
+from scdm_jax import sharding
+from scdm_jax.inference.paint import PaintPipeline
 from scdm_jax.parity import Comparison, compare
 
 REL_TOL = 1e-4
@@ -43,9 +45,6 @@ def check(data, folder: str | None = None) -> list[Comparison]:
   if folder is None:
     raise ValueError("paint_by_example: pass the fixture folder (holding pipeline/ and "
                      "io.npz), not io.npz alone")
-  from scdm_jax import sharding
-  from scdm_jax.inference.paint import PaintPipeline
-
   root = os.path.join(folder, "pipeline")
   # One device: the fixture's batch is tiny, and a padded multi-device batch adds nothing.
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])

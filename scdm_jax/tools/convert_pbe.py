@@ -17,17 +17,18 @@ import argparse
 import json
 import sys
 
+import jax
+import jax.numpy as jnp
+
+from scdm_jax import sharding
+from scdm_jax.inference.paint import PaintPipeline
+
 _DTYPES = ("float32", "bfloat16")
 
 
 def convert(src: str, out: str, *, config: str | None = None,
             param_dtype: str | None = None) -> dict:
   """Converts `src` into an export at `out`; returns the printed report."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from scdm_jax import sharding  # pylint: disable=g-import-not-at-top
-  from scdm_jax.inference.paint import PaintPipeline  # pylint: disable=g-import-not-at-top
-
   # One device: the weights are replicated anyway, and one copy is enough to write them.
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.local_devices()[:1])
   pipe = PaintPipeline.load(src, config=config, mesh=mesh,
