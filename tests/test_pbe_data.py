@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import data_config
+from scdm_jax.data import fake_layouts
 from scdm_jax.data import pbe_augment as aug
 from scdm_jax.data import pbe_boxes as pb
 from scdm_jax.data import pbe_masks as pm
@@ -127,7 +129,7 @@ def test_component_boxes_size_band_stuff_and_instances():
 
 
 def test_procedural_boxes_are_objects_in_the_band():
-  bs = pb.procedural_boxes(12, size=48, seed=3)
+  bs = pb.procedural_boxes(data_config(), 12, size=48, seed=3)
   assert len(bs.records) >= 6
   for r in bs.records:
     assert r.label in ("tree", "rock", "building") and r.image == "" and r.size == (48, 48)
@@ -136,7 +138,7 @@ def test_procedural_boxes_are_objects_in_the_band():
     assert 0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 48
     inside = ex["label"][y0:y1, x0:x1] == [n for n, _ in procedural.CLASSES].index(r.label)
     assert 0.02 * 48 * 48 <= inside.sum() <= 0.5 * 48 * 48
-  assert bs.records == pb.procedural_boxes(12, size=48, seed=3).records
+  assert bs.records == pb.procedural_boxes(data_config(), 12, size=48, seed=3).records
 
 
 # ------------------------------------------------------------------------------------ masks
@@ -328,7 +330,7 @@ def test_augment_probabilities():
 
 @pytest.fixture(scope="module")
 def proc_records():
-  return pb.procedural_boxes(8, size=48, seed=1).records
+  return pb.procedural_boxes(data_config(), 8, size=48, seed=1).records
 
 
 def test_make_triplet_contents(proc_records):
@@ -412,16 +414,16 @@ def test_pipeline_bad_record_stop_or_skip(proc_records):
 
 def test_preview_grid(tmp_path):
   path = str(tmp_path / "grid.png")
-  grid = pbe_preview.procedural_preview(path, n=2, image_size=16, source_size=48,
+  grid = pbe_preview.procedural_preview(path, data_config(), n=2, image_size=16, source_size=48,
                                         encoder_size=16)
   assert grid.shape == (2 * 16 + 2, 4 * 16 + 6, 3)
   np.testing.assert_array_equal(np.asarray(Image.open(path)), grid)
 
 
 def test_dataset_boxes_over_fake_layouts(tmp_path):
-  from scdm_jax.data import fake_layouts  # pylint: disable=import-outside-toplevel
   ade = fake_layouts.make_fake_dataset("ade20k", str(tmp_path / "ade"), num_train=3, num_val=1)
-  bs = pb.dataset_boxes({"name": "ade20k", "root": ade, "image_size": 32}, "train")
+  bs = pb.dataset_boxes(data_config(name="ade20k", root=ade, image_size=32,
+                                   num_classes=0), "train")
   # The fake maps its trees to ADE's "tree"; its rocks and buildings are ADE stuff.
   assert bs.records and {r.label for r in bs.records} == {"tree"}
   assert all(os.path.isfile(r.image) and r.size == (48, 64) for r in bs.records)
@@ -429,7 +431,7 @@ def test_dataset_boxes_over_fake_layouts(tmp_path):
   assert t["image"].shape == (16, 16, 3)
   coco = fake_layouts.make_fake_dataset("coco_stuff", str(tmp_path / "coco"), num_train=2,
                                         num_val=1)
-  cfg = {"name": "coco_stuff", "root": coco, "image_size": 32}
+  cfg = data_config(name="coco_stuff", root=coco, image_size=32, num_classes=0)
   with pytest.raises(ValueError, match=r"^coco_stuff train \(2 label maps\): no usable boxes"):
     pb.dataset_boxes(cfg, "train")  # every fake class is COCO stuff
   bs = pb.dataset_boxes(cfg, "train", stuff=("unlabeled", "sky-other"))

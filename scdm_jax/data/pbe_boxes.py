@@ -299,9 +299,15 @@ def dataset_boxes(data_config, split: str = "train", *, stuff: Iterable[str] | N
   return _finish(records, _Bad("skip"), f"{source.name} {split} ({len(source)} label maps)")
 
 
-def procedural_boxes(num_examples: int = 64, *, size: int = 64, seed: int = 0,
+def procedural_boxes(data_config, num_examples: int = 64, *, size: int = 64, seed: int = 0,
                      split: str = "train", **kwargs) -> BoxSet:
-  """`dataset_boxes` of the procedural dataset (no files): objects are trees, rocks, buildings."""
-  cfg = {"name": "procedural", "image_size": size, "num_examples": num_examples,
-         "procedural_seed": seed}
+  """`dataset_boxes` of the procedural dataset (no files): objects are trees, rocks, buildings.
+
+  Args:
+    data_config: a full data section (configs/default.py's `config.data`); its name, size,
+      example count and content seed are replaced by the arguments here.
+  """
+  cfg = dict(data_config.to_dict() if hasattr(data_config, "to_dict") else data_config,
+             name="procedural", image_size=size, num_examples=num_examples,
+             procedural_seed=seed)
   return dataset_boxes(cfg, split, **kwargs)

@@ -1,6 +1,7 @@
 """A PNG grid of Paint-by-Example triplets for a human: scene | mask | masked input | reference.
 
-  python -m scdm_jax.data.pbe_preview --out docs/images/pbe_triplets.png
+  python -m scdm_jax.data.pbe_preview --out docs/images/pbe_triplets.png \
+      [--config configs/default.py]
 
 draws triplets of the procedural dataset (nothing downloaded). The object box is outlined
 in red on the scene; the mask column shows the hole white.
@@ -9,6 +10,7 @@ in red on the scene; the mask column shows the hole white.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +19,7 @@ from PIL import Image, ImageDraw
 from scdm_jax.data import pbe_boxes
 from scdm_jax.data import pbe_masks
 from scdm_jax.data import pbe_triplets
+from scdm_jax.io import images as image_io
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -43,15 +46,16 @@ def write_grid(triplets: Sequence[dict], path: str, *, gap: int = 2, **kwargs) -
   rows = [triplet_row(t, gap=gap, **kwargs) for t in triplets]
   white = np.full((gap, rows[0].shape[1], 3), 255, np.uint8)
   grid = np.concatenate(sum(([r, white] for r in rows), [])[:-1], 0)
-  Image.fromarray(grid).save(path)
+  image_io.save_png(path, grid)
   return grid
 
 
-def procedural_preview(path: str, *, n: int = 6, image_size: int = 128, source_size: int = 192,
+def procedural_preview(path: str, data_config, *, n: int = 6, image_size: int = 128, source_size: int = 192,
                        encoder_size: int = 128, seed: int = 0,
                        mask: pbe_masks.MaskConfig = pbe_masks.MaskConfig()) -> np.ndarray:
   """Writes n triplets of procedural images (source_size px) to path."""
-  boxes = pbe_boxes.procedural_boxes(max(8, 2 * n), size=source_size, seed=seed).records
+  boxes = pbe_boxes.procedural_boxes(data_config, max(8, 2 * n), size=source_size,
+                                     seed=seed).records
   rng = np.random.default_rng(seed)
   pick = rng.choice(len(boxes), size=min(n, len(boxes)), replace=False)
   triplets = [pbe_triplets.make_triplet(boxes[int(i)], np.random.default_rng([seed, int(i)]),
@@ -65,8 +69,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   p.add_argument("--out", required=True)
   p.add_argument("--n", type=int, default=6)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--config", default="configs/default.py",
+                 help="config file whose data section is used (the schema's defaults)")
   a = p.parse_args(argv)
-  procedural_preview(a.out, n=a.n, seed=a.seed)
+  spec = importlib.util.spec_from_file_location("preview_config", a.config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  procedural_preview(a.out, module.get_config().data, n=a.n, seed=a.seed)
 
 
 if __name__ == "__main__":
