@@ -1,6 +1,7 @@
 """Paint-by-Example train step: what trains, what stays frozen, the zero-init widening."""
 
 import dataclasses
+import json
 import pathlib
 
 import jax
@@ -9,11 +10,13 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from safetensors.numpy import save_file
 
 from scdm_jax.diffusion import ldm_schedulers
-from scdm_jax.inference.paint import PaintPipeline
+from scdm_jax.inference.paint import PaintPipeline, read_component_weights
 from scdm_jax.models import pbe_init
 from scdm_jax.models.sd_unet import SDUNet
+from scdm_jax.training import pbe_loop
 from scdm_jax.training import pbe_step
 
 PIPE = pathlib.Path(__file__).parent / "fixtures" / "paint_by_example" / "pipeline"
@@ -117,3 +120,29 @@ def test_mask_resize_nearest_matches_strided_pick():
   np.testing.assert_array_equal(np.asarray(out), keep[:, ::8, ::8])
   with pytest.raises(ValueError, match="mask_resize"):
     pbe_step.resize_mask(jnp.asarray(keep), (4, 4), "cubic")
+
+
+def _sd_unet_folder(tmp_path, in_channels=4):
+  """The fixture's UNet as a 4-channel SD-v1 diffusers folder (conv_in's first 4 slices)."""
+  sd = dict(read_component_weights(str(PIPE), "unet"))
+  sd["conv_in.weight"] = np.ascontiguousarray(sd["conv_in.weight"][:, :in_channels])
+  cfg = json.loads((PIPE / "unet" / "config.json").read_text())
+  cfg["in_channels"] = in_channels
+  folder = tmp_path / f"sd_unet_{in_channels}"
+  folder.mkdir()
+  (folder / "config.json").write_text(json.dumps(cfg))
+  save_file({k: np.ascontiguousarray(v) for k, v in sd.items()},
+            str(folder / "diffusion_pytorch_model.safetensors"))
+  return str(folder)
+
+
+def test_sd_unet_folder_is_widened_with_zero_slices(pipe, tmp_path):
+  unet = pbe_loop.load_sd_unet(_sd_unet_folder(tmp_path), pipe.unet_config)
+  k = np.asarray(unet.conv_in.kernel[...])
+  assert k.shape[2] == 9 and unet.config.in_channels == 9
+  np.testing.assert_array_equal(k[:, :, 4:], 0.0)
+  np.testing.assert_array_equal(k[:, :, :4], np.asarray(pipe.unet.conv_in.kernel[...])[:, :, :4])
+  with pytest.raises(ValueError, match="sd_unet"):
+    pbe_loop.load_sd_unet(_sd_unet_folder(tmp_path, 9), pipe.unet_config)
+  with pytest.raises(FileNotFoundError, match="sd_unet"):
+    pbe_loop.load_sd_unet(str(tmp_path), pipe.unet_config)
