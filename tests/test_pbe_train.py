@@ -56,6 +56,8 @@ def test_resume_equals_straight_and_init_from_export(tmp_path):
   _assert_trees_equal(a["image_encoder"]["model"], init["image_encoder"]["model"])
   assert np.any(a["unet"]["conv_in"]["kernel"] != init["unet"]["conv_in"]["kernel"])
   assert PaintPipeline.load(s3["export"]).unet_config.in_channels == 9
+  with pytest.raises(ValueError, match="were trained from"):
+    train.run(tiny_pbe(init_export, **{"train.total_steps": 4}), resumed)
 
 
 def test_missing_init_and_unknown_task_are_one_line_errors(tmp_path):

@@ -139,7 +139,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if latest is not None:
     target = to_checkpoint(state_lib.abstract_with_shardings(abstract, shardings))
     target["data_pos"] = np.zeros((), np.int64)
-    tree, _ = ckpt.restore(latest, target)
+    tree, old_meta = ckpt.restore(latest, target)
+    # The frozen parts are re-read from the init source: it must be the one trained with.
+    for key in ("init", "sd_unet"):
+      if old_meta.get(key, meta[key]) != meta[key]:
+        raise ValueError(f"config.paint_train.{key}={meta[key]!r}, but the checkpoints in "
+                         f"{ckpt.directory} were trained from {old_meta[key]!r}; resume with "
+                         "that value or use a new --workdir.")
     data_pos = int(tree.pop("data_pos"))
     st = from_checkpoint(tree, abstract)
     logging.info("resumed from step %d (data position %d) in %s", latest, data_pos,
