@@ -22,6 +22,9 @@ Schema (sections):
   sample     sampler settings for periodic grids and `--mode sample`.
   edit, eval `--mode edit` (SDEdit, masked editing) and `--mode evaluate`.
   paint      `--mode paint`: Paint by Example (weights, source/mask/exemplar, sampler).
+  task       what `--mode train` trains: scdm (default) | paint_by_example.
+  paint_train  `--mode train` with task=paint_by_example: init weights, exemplar dropout,
+             scene size (optim and train are shared; no EMA; data: the boxes source).
   mesh       device mesh: data x fsdp (-1 = fill in), fsdp_min_size.
   init_from  optional inference checkpoint (save_export format) to start training from.
 """
@@ -208,6 +211,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.paint.exemplar_resize = "processor"  # processor (CLIP resize + centre crop) | squash (official 224x224)
   config.paint.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay as stored)
   config.paint.output_dir = ""  # "" = <workdir>/paint
+
+  # --------------------------------------------------------------------- paint_train
+  # What `--mode train` trains: scdm | paint_by_example (the paint_train section below;
+  # config.optim / config.train are shared, optim.ema_* unused: PbE keeps no EMA).
+  config.task = "scdm"
+  config.paint_train = ml_collections.ConfigDict()  # task=paint_by_example (docs/paint_by_example.md)
+  # Paint-by-Example source for VAE, CLIP tower, encoder head and UNet: diffusers folder,
+  # model.ckpt or export (PaintPipeline.load). Re-read on resume (frozen parts not checkpointed).
+  config.paint_train.init = ""
+  # Optional diffusers SD-v1 unet/ folder (4 input channels): replaces init's UNet, conv_in
+  # widened to 9 with zero slices (step 0 = the base model). "" = init's UNet.
+  config.paint_train.sd_unet = ""
+  config.paint_train.uncond_prob = 0.2  # per example: context -> uncond_vector (CFG training)
+  config.paint_train.mask_resize = "bilinear"  # keep mask -> latents: bilinear (official torchvision Resize) | nearest
+  config.paint_train.image_size = 512  # scene side S in pixels (divisible by the VAE factor)
+  config.paint_train.export_dir = ""  # trained pipeline for --mode paint ("" = <workdir>/export)
 
   # -------------------------------------------------------------------------- mesh
   config.mesh = ml_collections.ConfigDict()

@@ -7,6 +7,14 @@
 Variants: `:official` follows the official repository's script instead of diffusers'
 pipeline (exemplar squashed to 224x224, mask resized bilinearly); `:fast` is 25 DDIM steps
 with the kept pixels pasted back. The released model works at 512x512.
+
+Training (`--mode train`, task paint_by_example) with the released settings: AdamW lr 1e-5
+(torch's default weight decay 0.01), 10k-step linear warm-up, 4 per device (global 32 on the
+released 8 GPUs: set train.batch_size to 4 x your devices), no EMA, exemplar dropout 0.2:
+
+  python -m scdm_jax.main --mode train --config configs/paint_by_example.py \
+      --config.paint_train.init=PBE_OR_EXPORT [--config.paint_train.sd_unet=SD_V1/unet] \
+      --config.data.name=coco_stuff --config.data.root=DATA --workdir /tmp/pbe_train
 """
 
 from scdm_jax.config_files import load_sibling
@@ -21,6 +29,15 @@ def get_config(arg=None):
   paint.num_steps = 50
   paint.guidance_scale = 5.0
   paint.sampler = "pndm"
+  config.task = "paint_by_example"  # --mode train trains Paint by Example
+  config.optim.lr = 1e-5
+  config.optim.weight_decay = 0.01
+  config.optim.warmup_steps = 10_000
+  config.optim.grad_clip = 0.0
+  config.train.batch_size = 32
+  config.train.grad_accum = 1
+  config.paint_train.uncond_prob = 0.2
+  config.paint_train.image_size = 512
   if "official" in variants:
     paint.exemplar_resize = "squash"
     paint.mask_resize = "bilinear"

@@ -44,6 +44,8 @@ from scdm_jax.inference import grid as grid_lib
 from scdm_jax.io import fileio
 from scdm_jax.io import images as image_io
 from scdm_jax.io import progress
+from scdm_jax.training import guard
+from scdm_jax.training import pbe_loop
 from scdm_jax.training import preemption
 from scdm_jax.training import step as step_lib
 
@@ -63,6 +65,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`; returns a small summary (last step and metrics)."""
   if not workdir:
     raise ValueError("--mode train needs --workdir (where checkpoints and logs go).")
+  task = config.get("task", "scdm")
+  if task == "paint_by_example":
+    return pbe_loop.run(config, workdir)
+  if task != "scdm":
+    raise ValueError(f"config.task={task!r} is unknown; use scdm or paint_by_example.")
   workdir = fileio.absolute(workdir)
   fileio.makedirs(workdir)
   tc = config.train
@@ -166,18 +173,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   window: list[dict[str, float]] = []
   t_window, n_window = time.time(), 0
 
-  def drain(p):
-    """Fetches a finished step's metrics; raises on non-finite values."""
-    s, m = p
-    host = {k: float(v) for k, v in jax.device_get(m).items()}
-    if host["finite"] < 1.0 or not math.isfinite(host["loss"]):
-      raise FloatingPointError(
-          f"Non-finite loss, gradient or update at step {s} (loss={host['loss']}, grad_norm="
-          f"{host['grad_norm']}, param_norm after the update={host['param_norm']}); the "
-          "update was not applied. Stopping without saving: the last good checkpoint in "
-          f"{ckpt.directory} is kept (steps {ckpt.all_steps()}). Lower optim.lr, set "
-          "optim.grad_clip, or use model.dtype=float32.")
-    return s, host
+  drain = lambda p: guard.drain(p, ckpt)
 
   try:
     while step < total:
