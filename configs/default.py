@@ -19,6 +19,7 @@ Schema (sections):
   train      total_steps, batch_size (GLOBAL, over all devices and hosts), grad_accum,
              cadences (log/sample/checkpoint), retention, seed.
   sample     sampler settings for periodic grids and `--mode sample`.
+  serve      `--mode serve` (the browser painter): host, port, checkpoint(s), limits.
   mesh       device mesh: data x fsdp (-1 = fill in), fsdp_min_size.
   init_from  optional inference checkpoint (save_export format) to start training from.
 """
@@ -168,6 +169,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.segmenter_weights = ""
   config.eval.proxy_weights = ""  # proxy segmenter npz (python -m scdm_jax.evaluation.proxy)
   config.eval.output = ""  # "" = <workdir>/eval/report.json
+
+  # ------------------------------------------------------------------------- serve
+  config.serve = ml_collections.ConfigDict()  # --mode serve: the browser painter
+  config.serve.host = "127.0.0.1"  # localhost only; "0.0.0.0" exposes it to the network
+  config.serve.port = 8765  # 0 = any free port (the URL is printed)
+  config.serve.checkpoint = ""  # "" = as --mode sample (sample.checkpoint, <workdir>/export, ...)
+  config.serve.compare_checkpoint = ""  # a second (e.g. SDM) export shown side by side
+  config.serve.steps = 25  # default sampling steps in the page
+  config.serve.num_samples = 2  # default samples per generation
+  config.serve.max_upload_mb = 8  # request body limit
+  config.serve.max_upload_pixels = 4096 * 4096  # decoded upload limit
 
   # -------------------------------------------------------------------------- mesh
   config.mesh = ml_collections.ConfigDict()

@@ -8,6 +8,7 @@ Modes:
   edit      SDEdit from strokes, or masked regeneration after a label edit (config.edit;
             docs/editing.md).
   evaluate  metrics of the samples against a split (config.eval; docs/evaluation.md).
+  serve     the browser painter: paint a label map, generate, edit (config.serve; README).
   corrupt   the noisy-label benchmark: passes the remaining arguments after `--` to
             `python -m scdm_jax.data.corrupt`.
 
@@ -39,7 +40,8 @@ config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (configs/*.py[:variant]).",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "edit", "evaluate", "export", "corrupt"],
+flags.DEFINE_enum("mode", "train", ["train", "sample", "edit", "evaluate", "export", "serve",
+                                      "corrupt"],
                   "What to do.")
 flags.DEFINE_string("export_dir", None, "--mode export: target (default <workdir>/export).")
 flags.DEFINE_bool("distributed", None,
@@ -155,6 +157,9 @@ def _dispatch(argv):
   elif FLAGS.mode == "evaluate":
     from scdm_jax import evaluate  # pylint: disable=g-import-not-at-top
     evaluate.evaluate(config, workdir)
+  elif FLAGS.mode == "serve":
+    from scdm_jax.modes import serve  # pylint: disable=g-import-not-at-top
+    serve.run(config, workdir)
   return 0
 
 

@@ -1,0 +1,304 @@
+"""The studio's one seam to the rest of the package: load a model, run its programs.
+
+Everything the web app needs from the sampler, the editor and the loaders goes through
+`Model` (and `load_model`), so re-pointing the studio at a moved API means editing this
+file only. A `Model` holds the weights on one device and a cache of compiled programs keyed
+by everything that changes the program (kind, steps, guidance, batch, start index); a
+program is compiled on the first request that needs it and reused afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from scdm_jax import edit as edit_lib
+from scdm_jax import logging_utils
+from scdm_jax import sample as sample_lib
+from scdm_jax import sharding
+from scdm_jax import state as state_lib
+from scdm_jax import train as train_lib
+from scdm_jax.data import label_io
+from scdm_jax.data import noisy
+from scdm_jax.data import palettes
+
+CORRUPTIONS = ("none",) + noisy.VARIANTS
+
+
+@dataclasses.dataclass
+class Progress:
+  """What the running request is doing; read by the progress endpoint from another thread."""
+
+  phase: str = "idle"  # idle | compiling | sampling
+  step: int = 0
+  total: int = 0
+  started: float = 0.0
+
+
+@dataclasses.dataclass
+class Timing:
+  """Wall time of one request; `compiled` is True when it built a new program."""
+
+  seconds: float
+  compiled: bool
+
+
+def respacing_for(num_steps: int, steps: int) -> str:
+  """The chain spec for `steps` sampling steps: DDIM stride when one fits, else even sections."""
+  if steps < 1 or steps > num_steps:
+    raise ValueError(f"steps={steps}: choose 1..{num_steps} (the model's diffusion steps)")
+  from scdm_jax.diffusion import schedules  # pylint: disable=import-outside-toplevel
+  try:
+    schedules.space_timesteps(num_steps, f"ddim{steps}")
+    return f"ddim{steps}"
+  except ValueError:
+    return str(steps)
+
+
+class Model:
+  """One loaded checkpoint with its compiled sampling and editing programs.
+
+  Args:
+    config: the model's config (data, model, diffusion and sample sections are read).
+    params: the model's params as a pure dict (an export's or a training checkpoint's).
+    meta: the checkpoint's meta (label schedule, class table).
+    where: a description of the weights, shown in the page.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, params: dict[str, Any],
+               meta: dict[str, Any], where: str):
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+    from scdm_jax.models.unet import UNet  # pylint: disable=import-outside-toplevel
+    self.config, self.where = config, where
+    self.num_classes = int(config.data.num_classes)
+    self.size = int(config.data.image_size)
+    self.use_instance = bool(config.data.use_instance)
+    self.table = _class_table(config)
+    self.label_schedule = sample_lib.label_schedule_for(config, meta)
+    # One device: interactive requests are one small batch; no padding to a mesh.
+    self.mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
+    self.graphs, abstract = state_lib.graphs_and_abstract(config)
+    self.param_sh = sharding.state_shardings(self.mesh, abstract.params,
+                                             int(config.mesh.fsdp_min_size))
+    self.params = state_lib.params_from_pure(self.graphs, params, self.param_sh)
+    rest = nnx.split(nnx.eval_shape(lambda: UNet(self.graphs.unet_config, rngs=nnx.Rngs(0))),
+                     nnx.Param, ...)[2]
+    self.module = nnx.merge(self.graphs.model, self.params, rest)
+    self.progress = Progress()
+    self._programs: dict[tuple, Callable] = {}
+    self._editors: dict[tuple, edit_lib.Editor] = {}
+    self._compiled: set[tuple] = set()
+    self.compile_seconds: dict[str, float] = {}
+    self._lock = threading.Lock()
+
+  # ------------------------------------------------------------------ labels
+
+  def corrupt(self, ids: np.ndarray, kind: str, seed: int) -> np.ndarray:
+    """The map after the noisy-label benchmark's corruption `kind` (none | ds | edge | random).
+
+    DS keeps the benchmark's ratio (256 -> 64: a quarter of the side); Edge and Random write
+    the class table's "unlabeled" class when it has one, else the absorbing unknown (-1).
+    """
+    if kind not in CORRUPTIONS:
+      raise ValueError(f"corruption {kind!r} is unknown; use one of {', '.join(CORRUPTIONS)}")
+    ids = np.asarray(ids, np.int32)
+    if kind == "none":
+      return ids
+    if kind == "ds":
+      return noisy.corrupt_ds(ids, out_size=ids.shape, ds_size=max(1, ids.shape[0] // 4))
+    unl = self.table.unlabeled_class
+    target = label_io.UNKNOWN if unl is None or self.config.data.unlabeled_to_zero else unl
+    if kind == "edge":
+      return noisy.corrupt_edge(ids, target).astype(np.int32)
+    return noisy.corrupt_random(ids, target, np.random.default_rng(seed)).astype(np.int32)
+
+  def cond(self, ids: np.ndarray) -> np.ndarray:
+    """(B, H, W) class ids (-1 = unknown) -> (B, H, W, L) conditioning."""
+    c = label_io.to_one_hot(ids, self.num_classes)
+    if self.use_instance:
+      edge = np.stack([noisy.boundary_map(i) for i in ids]).astype(np.float32)[..., None]
+      c = np.concatenate([c, edge], -1)
+    return c.astype(np.float32)
+
+  # ------------------------------------------------------------------ programs
+
+  def _progress(self, step: int, total: int) -> None:
+    p = self.progress
+    p.phase, p.total = "sampling", int(total)
+    p.step = max(p.step, int(step))  # a sharded program may report a step more than once
+
+  def _begin(self, key: tuple) -> bool:
+    self.progress = Progress("sampling" if key in self._compiled else "compiling", 0, 0,
+                             time.perf_counter())
+    return key not in self._compiled
+
+  def _end(self, key: tuple, new: bool, t0: float) -> Timing:
+    seconds = time.perf_counter() - t0
+    if new:
+      self._compiled.add(key)
+      self.compile_seconds["/".join(map(str, key))] = seconds
+    self.progress = Progress()
+    return Timing(seconds, new)
+
+  def _sample_program(self, steps: int, guidance: float) -> Callable:
+    key = ("generate", steps, guidance)
+    if key not in self._programs:
+      cfg = copy.deepcopy(self.config)
+      with cfg.unlocked():
+        cfg.sample.respacing = respacing_for(int(cfg.diffusion.num_steps), steps)
+        cfg.sample.guidance_scale = float(guidance)
+      fn, _ = sample_lib.make_sample_fn(cfg, self.graphs, self.mesh, self.param_sh,
+                                        self.label_schedule, progress=self._progress)
+      self._programs[key] = fn
+    return self._programs[key]
+
+  def _editor(self, steps: int, guidance: float) -> edit_lib.Editor:
+    key = (steps, guidance)
+    if key not in self._editors:
+      sc = self.config.sample
+      diffusion = train_lib.make_diffusion(
+          self.config, respacing=respacing_for(int(self.config.diffusion.num_steps), steps))
+      self._editors[key] = edit_lib.Editor(
+          self.module, diffusion, self.label_schedule, num_classes=self.num_classes,
+          use_instance=self.use_instance, mesh=self.mesh, params_sharding=self.param_sh,
+          sampler=sc.sampler, eta=1.0, guidance_scale=float(guidance),
+          dynamic_threshold=float(sc.dynamic_threshold),
+          extrapolation=float(sc.extrapolation), label_mode=sc.label_mode,
+          progress=self._progress)
+    return self._editors[key]
+
+  # ------------------------------------------------------------------ requests
+
+  def generate(self, ids: np.ndarray, *, steps: int, guidance: float, seed: int,
+               num_samples: int) -> tuple[np.ndarray, Timing]:
+    """SCDM samples of one (H, W) id map: (num_samples, H, W, 3) uint8 and the timing."""
+    ids = self._check_ids(ids)
+    with self._lock:
+      key = ("generate", steps, guidance, num_samples)
+      new, t0 = self._begin(key), time.perf_counter()
+      fn = self._sample_program(steps, guidance)
+      cond = np.repeat(self.cond(ids[None]), num_samples, 0)
+      gcond = sharding.device_put_tree(cond, sharding.batch_sharding(self.mesh))
+      out = sharding.to_host(fn(self.params, gcond, jax.random.key(int(seed))))
+      return logging_utils.to_uint8(out), self._end(key, new, t0)
+
+  def sdedit(self, guide: np.ndarray, ids: np.ndarray | None, *, t0: float, steps: int,
+             guidance: float, seed: int, num_samples: int) -> tuple[np.ndarray, Timing]:
+    """SDEdit from an (H, W, 3) uint8 stroke image, with the label map or unconditional."""
+    self._check_image(guide, "strokes")
+    label = None if ids is None else self._check_ids(ids)
+    with self._lock:
+      editor = self._editor(steps, guidance)
+      key = ("sdedit", steps, guidance, num_samples, editor.start_index(t0),
+             label is None)
+      new, start = self._begin(key), time.perf_counter()
+      out = editor.sdedit(guide, label=label, t0=t0, seed=seed, num_samples=num_samples)
+      return logging_utils.to_uint8(out), self._end(key, new, start)
+
+  def masked(self, source: np.ndarray, mask: np.ndarray, ids: np.ndarray, *, steps: int,
+             guidance: float, seed: int, num_samples: int,
+             dilate: int = 0) -> tuple[np.ndarray, Timing]:
+    """Regenerates the mask == 1 region of `source` for the label map; the rest is exact."""
+    self._check_image(source, "source image")
+    ids = self._check_ids(ids)
+    mask = np.asarray(mask)
+    if mask.shape != (self.size, self.size) or not np.isin(mask, (0, 1)).all():
+      raise ValueError(f"mask: expected {self.size}x{self.size} values 0/1, got shape "
+                       f"{mask.shape}; select a region first")
+    if not mask.any():
+      raise ValueError("mask: the selected region is empty; select or paint a region first")
+    with self._lock:
+      editor = self._editor(steps, guidance)
+      key = ("masked", steps, guidance, num_samples)
+      new, start = self._begin(key), time.perf_counter()
+      out = editor.masked_edit(source, mask.astype(np.uint8), label=ids, t0=1.0,
+                               dilate=dilate, seed=seed, num_samples=num_samples)
+      return logging_utils.to_uint8(out), self._end(key, new, start)
+
+  # ------------------------------------------------------------------ checks
+
+  def _check_ids(self, ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.shape != (self.size, self.size):
+      raise ValueError(f"label map: expected {self.size}x{self.size} class ids (the model's "
+                       f"label resolution), got shape {ids.shape}")
+    if ids.min() < label_io.UNKNOWN or ids.max() >= self.num_classes:
+      raise ValueError(f"label map: ids must lie in -1..{self.num_classes - 1} (-1 = unknown), "
+                       f"found {int(ids.min())}..{int(ids.max())}")
+    return ids.astype(np.int32)
+
+  def _check_image(self, image: np.ndarray, what: str) -> None:
+    if image.shape != (self.size, self.size, 3) or image.dtype != np.uint8:
+      raise ValueError(f"{what}: expected a {self.size}x{self.size} RGB uint8 image, got "
+                       f"{image.dtype} {image.shape}")
+
+
+def _class_table(config: ml_collections.ConfigDict) -> palettes.ClassTable:
+  """The config's class table, or numbered classes with fixed random colours."""
+  name = config.data.get("class_table", "") or config.data.name
+  k = int(config.data.num_classes)
+  try:
+    table = palettes.get_class_table(name)
+    if table.num_classes == k:
+      return table
+  except (ValueError, FileNotFoundError):
+    pass
+  colors = np.random.default_rng(0).integers(0, 256, (k, 3)).astype(np.uint8)
+  return palettes.ClassTable(name, tuple(f"class {i}" for i in range(k)), colors)
+
+
+def load_model(config: ml_collections.ConfigDict, checkpoint: str,
+               workdir: str | None) -> Model:
+  """Loads `checkpoint` (an export dir; "" = the sample mode's search in `workdir`)."""
+  cfg = copy.deepcopy(config)
+  with cfg.unlocked():
+    cfg.sample.checkpoint = checkpoint
+  params, meta, where = sample_lib.load_weights(cfg, workdir)
+  return Model(cfg, params, meta, where)
+
+
+def load_label_upload(path: str, model: Model) -> tuple[np.ndarray, label_io.LabelReport]:
+  """An uploaded id or palette PNG (already on disk) -> ids at the model's size and report."""
+  palette = model.config.data.get("class_table", "") or model.config.data.name
+  return label_io.load_label_map(path, num_classes=model.num_classes, palette=palette,
+                                 size=model.size)
+
+
+def load_image_upload(path: str, model: Model) -> np.ndarray:
+  """An uploaded photo (already on disk) -> (S, S, 3) uint8, centre-cropped and resized."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  arr = logging_utils.to_uint8(edit_lib.load_image(path))
+  h, w = arr.shape[:2]
+  if (h, w) == (model.size, model.size):
+    return arr
+  s = min(h, w)
+  y, x = (h - s) // 2, (w - s) // 2
+  im = Image.fromarray(arr[y:y + s, x:x + s]).resize((model.size, model.size), Image.LANCZOS)
+  return np.asarray(im, np.uint8)
+
+
+def label_png_ids(ids: np.ndarray, model: Model) -> np.ndarray:
+  """Ids for an id PNG: unknown (-1) becomes the "unlabeled" class (a PNG has no -1).
+
+  Raises:
+    ValueError: the map has unknown pixels and the class table no "unlabeled" class.
+  """
+  ids = np.asarray(ids, np.int32)
+  if (ids < 0).any():
+    unl = model.table.unlabeled_class
+    if unl is None:
+      raise ValueError("label PNG: the map has unknown pixels and the class table has no "
+                       "'unlabeled' class to store them as; paint them with a class first")
+    ids = np.where(ids < 0, unl, ids)
+  return ids
+
+
+def colorize(ids: np.ndarray, model: Model) -> np.ndarray:
+  return label_io.colorize(ids, model.table)
