@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scdm_jax.data import noisy
 from scdm_jax.data import procedural
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -100,7 +101,10 @@ def server(tmp_path_factory):
   """The studio with random tiny weights on a free port; yields its base URL."""
   export = tmp_path_factory.mktemp("studio") / "export"
   _random_export(export)
-  proc, url = _start(export, "--config.diffusion.label_schedule=uniform")
+  # The same weights as the "second checkpoint": the comparison's plumbing, at no extra
+  # compile (the persistent compilation cache has the program).
+  proc, url = _start(export, "--config.diffusion.label_schedule=uniform",
+                     f"--config.serve.compare_checkpoint={export}")
   yield url
   proc.terminate()
   proc.wait(timeout=30)
@@ -269,6 +273,10 @@ def test_browser_paint_generate_corrupt_regenerate(server, browser, tmp_path):
   # The id PNG download is the painted map exactly.
   label_png = d.find_element("id", "download-label").get_attribute("href")
   assert np.array_equal(_decode(label_png), ids)
+  # The second checkpoint ran on the same map and seed: same weights, same pictures.
+  compare = [_decode(u) for u in _results(d, "compare")]
+  assert len(compare) == 2 and all(np.array_equal(a, b) for a, b in zip(compare, imgs))
+  _click(d, "compare")  # off: the rest of the test runs one model
 
   # A corruption: Random on the same map runs the same (already compiled) program.
   _click(d, "corr-random")
@@ -276,6 +284,9 @@ def test_browser_paint_generate_corrupt_regenerate(server, browser, tmp_path):
   assert re.search(r"random: [1-9]\d* pixels changed before sampling",
                    d.find_element("id", "message").text)
   assert d.find_element("id", "corrupted").is_displayed()
+  seed = int(d.find_element("id", "seed").get_attribute("value"))
+  want = noisy.corrupt_random(ids, procedural.UNLABELED, np.random.default_rng(seed))
+  assert np.array_equal(np.reshape(d.execute_script("return S.corrupted"), ids.shape), want)
   second = d.find_element("id", "timing").text
   assert "includes compiling" in first and "includes compiling" not in second, (first, second)
   _click(d, "corr-none")

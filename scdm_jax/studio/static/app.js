@@ -298,7 +298,7 @@ function addResults(title, images, kind) {
     const div = document.createElement("div");
     div.className = "result";
     const img = document.createElement("img");
-    img.src = url; img.className = "sample " + kind; img.dataset.kind = kind;
+    img.src = url; img.className = kind; img.dataset.kind = kind;
     img.title = "click: use as the source for editing";
     img.addEventListener("click", () => setSource(img));
     const a = document.createElement("a");
@@ -322,15 +322,15 @@ async function generate() {
     ...settings()};
   const out = await run($("generate"), "/api/generate", body);
   if (!out) return;
+  // The comparison goes in first so that it sits below this model's row (rows are prepended).
+  if (out.compare) addResults(`second checkpoint: ${out.compare.where}`, out.compare.images, "compare");
   const imgs = addResults(`samples (seed ${body.seed}${corruption !== "none" ? ", " + corruption : ""})`,
     out.images, "sample");
   setSource(imgs[0]);
   let text = timingText("generate", out.timing);
-  if (out.compare) {
-    addResults(`compare: ${out.compare.where}`, out.compare.images, "compare");
-    text += "\n" + timingText("compare", out.compare.timing);
-  }
+  if (out.compare) text += "\n" + timingText("second checkpoint", out.compare.timing);
   $("timing").textContent = text;
+  S.corrupted = out.corrupted;
   const cv = $("corrupted");
   cv.hidden = corruption === "none";
   if (corruption !== "none") {
