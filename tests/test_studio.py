@@ -41,7 +41,8 @@ SAND, WATER, SKY = procedural.SAND, procedural.WATER, procedural.SKY
 def _decode(url: str) -> np.ndarray:
   assert url.startswith("data:image/png;base64,"), url[:40]
   with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
-    return np.asarray(im)
+    arr = np.asarray(im)
+  return arr[..., :3] if arr.ndim == 3 else arr  # canvas PNGs are RGBA
 
 
 def _random_export(path: pathlib.Path) -> None:
@@ -311,6 +312,18 @@ def test_browser_paint_generate_corrupt_regenerate(server, browser, tmp_path):
     assert not np.array_equal(out[mask], source[mask])
   assert d.find_element("id", "error").text == ""
 
+  # SDEdit: strokes start as the source, one stroke is painted, the map guides the result.
+  _click(d, "strokes-from-source")
+  assert np.array_equal(_decode(d.execute_script("return rgbToDataUrl(S.strokes)")), source)
+  _drag(d, d.find_element("id", "canvas"), [(0, 0), (15, 0)])
+  guide = _decode(d.execute_script("return rgbToDataUrl(S.strokes)"))
+  assert not np.array_equal(guide[:2], source[:2]) and np.array_equal(guide[8:], source[8:])
+  _click(d, "sdedit")
+  urls = _wait(d, lambda: len(_results(d, "sdedit")) >= 2 and _results(d, "sdedit"),
+               what="the SDEdit results")
+  assert all(_decode(u).shape == (SIZE, SIZE, 3) for u in urls)
+  assert d.find_element("id", "error").text == ""
+
   # An upload the strict loader refuses: its one-line error is shown in the page.
   bad = tmp_path / "bad labels.png"
   Image.fromarray(np.full((16, 16), 40, np.uint8)).save(bad)
@@ -321,3 +334,35 @@ def test_browser_paint_generate_corrupt_regenerate(server, browser, tmp_path):
   shot = pathlib.Path(os.environ.get("SCDM_STUDIO_SCREENSHOT") or tmp_path / "studio.png")
   d.save_screenshot(str(shot))
   assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SCDM_RUN_SLOW") != "1",
+                    reason="trains the tiny model (~8 min on 2 cores); set SCDM_RUN_SLOW=1")
+def test_browser_colours_after_training(browser, tmp_path):
+  """After 300 training steps the painted classes come out in the data's colours.
+
+  Set SCDM_STUDIO_TRAINED=<workdir> to reuse a run of the same command instead of training.
+  """
+  workdir = pathlib.Path(os.environ.get("SCDM_STUDIO_TRAINED") or tmp_path / "run")
+  tiny = ["--config", str(ROOT / "configs" / "tiny.py"), "--workdir", str(workdir)]
+  if not (workdir / "export").exists():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for extra in (["--config.train.total_steps=300", "--config.train.checkpoint_every=300",
+                   "--config.optim.ema_decay=0.95"], ["--mode", "export"]):
+      subprocess.run([sys.executable, "-m", "scdm_jax.main", *tiny, *extra], check=True,
+                     env=env, cwd=ROOT, capture_output=True)
+  proc, url = _start(workdir / "export", "--config.serve.num_samples=4",
+                     "--config.serve.steps=25")
+  try:
+    _open(browser, url)
+    water = _paint_water_on_sand(browser)
+    colors = procedural.class_mean_colors()
+    for im in _generate(browser, 4):
+      im = im.astype(np.float32)
+      in_water, in_sand = im[water].mean(0), im[~water].mean(0)
+      assert np.linalg.norm(in_water - colors[WATER]) < np.linalg.norm(in_water - colors[SAND])
+      assert np.linalg.norm(in_sand - colors[SAND]) < np.linalg.norm(in_sand - colors[WATER])
+  finally:
+    proc.terminate()
+    proc.wait(timeout=30)

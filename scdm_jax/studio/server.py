@@ -298,15 +298,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         raise ValueError("expected a JSON object")
     except ValueError as err:
       return self._json(400, {"error": f"bad JSON request: {err}"})
-    if method in self._MODEL_CALLS and not self.studio.busy.acquire(blocking=False):
+    locked = method in self._MODEL_CALLS
+    if locked and not self.studio.busy.acquire(blocking=False):
       return self._json(409, {"error": "another generation is running; wait for it"})
     try:
-      return self._json(200, getattr(self.studio, method)(req))
+      status, out = 200, getattr(self.studio, method)(req)
     except (UserError, ValueError) as err:  # the loaders' and checks' one-line messages
-      return self._json(400, {"error": str(err).splitlines()[0]})
+      status, out = 400, {"error": str(err).splitlines()[0]}
     finally:
-      if method in self._MODEL_CALLS:
+      # Released before the reply is sent, so the client's next request finds it free.
+      if locked:
         self.studio.busy.release()
+    return self._json(status, out)
 
   def _static(self, name: str):
     ext = os.path.splitext(name)[1]
