@@ -148,6 +148,13 @@ def test_api_refuses_bad_input_with_one_line(server):
   data = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
   status, out = _post(server + "api/label", {"name": "huge.png", "data": data})
   assert status == 400 and "over the limit" in out["error"]
+  # A photo upload is centre-cropped and resized to the model's size.
+  buf = io.BytesIO()
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8)).save(
+      buf, format="JPEG")
+  data = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+  status, out = _post(server + "api/image", {"name": "photo.jpg", "data": data})
+  assert status == 200 and _decode(out["image"]).shape == (SIZE, SIZE, 3)
   for path in ("static/../backend.py", "static/%2e%2e/server.py", "etc/passwd"):
     with pytest.raises(urllib.error.HTTPError) as err:
       urllib.request.urlopen(server + path)

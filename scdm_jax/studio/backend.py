@@ -103,8 +103,11 @@ class Model:
   def corrupt(self, ids: np.ndarray, kind: str, seed: int) -> np.ndarray:
     """The map after the noisy-label benchmark's corruption `kind` (none | ds | edge | random).
 
-    DS keeps the benchmark's ratio (256 -> 64: a quarter of the side); Edge and Random write
-    the class table's "unlabeled" class when it has one, else the absorbing unknown (-1).
+    The benchmark is defined at 256 px; at the model's size DS keeps its ratio (256 -> 64:
+    a quarter of the side) and Edge its dilation relative to the side (radius 2 at 256 px,
+    0 below 128 px: the 2-px boundaries alone), so a 32 px map is not all edge. Edge and
+    Random write the class table's "unlabeled" class when it has one, else the absorbing
+    unknown (-1).
     """
     if kind not in CORRUPTIONS:
       raise ValueError(f"corruption {kind!r} is unknown; use one of {', '.join(CORRUPTIONS)}")
@@ -116,7 +119,8 @@ class Model:
     unl = self.table.unlabeled_class
     target = label_io.UNKNOWN if unl is None or self.config.data.unlabeled_to_zero else unl
     if kind == "edge":
-      return noisy.corrupt_edge(ids, target).astype(np.int32)
+      radius = round(noisy.EDGE_RADIUS * ids.shape[0] / 256)
+      return noisy.corrupt_edge(ids, target, radius=radius).astype(np.int32)
     return noisy.corrupt_random(ids, target, np.random.default_rng(seed)).astype(np.int32)
 
   def cond(self, ids: np.ndarray) -> np.ndarray:

@@ -331,10 +331,9 @@ async function generate() {
   if (out.compare) text += "\n" + timingText("second checkpoint", out.compare.timing);
   $("timing").textContent = text;
   S.corrupted = out.corrupted;
-  const cv = $("corrupted");
-  cv.hidden = corruption === "none";
+  $("corrupted-box").hidden = corruption === "none";
   if (corruption !== "none") {
-    drawIds(cv, out.corrupted);
+    drawIds($("corrupted"), out.corrupted);
     showMessage(`${corruption}: ${out.changed_pixels} pixels changed before sampling`);
   }
   const a = $("download-label");
