@@ -53,7 +53,7 @@ def _random_export(path: pathlib.Path) -> None:
   from scdm_jax import train as train_lib  # pylint: disable=import-outside-toplevel
   from scdm_jax.config_files import load_sibling  # pylint: disable=import-outside-toplevel
   from scdm_jax.models.unet import UNet, UNetConfig  # pylint: disable=import-outside-toplevel
-  config = load_sibling(str(ROOT / "configs" / "x.py"), "tiny").get_config()
+  config = load_sibling(str(ROOT / "configs" / "tiny.py"), "tiny").get_config()
   config.diffusion.label_schedule = "uniform"  # no psi statistics to compute
   cfg = UNetConfig(**config.model.to_dict())
   abstract = nnx.state(nnx.eval_shape(lambda: UNet(cfg, rngs=nnx.Rngs(0))), nnx.Param)
@@ -373,3 +373,13 @@ def test_browser_colours_after_training(browser, tmp_path):
   finally:
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def test_serve_without_weights_is_one_line_error(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  r = subprocess.run([sys.executable, "-m", "scdm_jax.main", "--mode", "serve", "--config",
+                      str(ROOT / "configs" / "tiny.py"), "--workdir", str(tmp_path / "none")],
+                     capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert r.returncode == 1
+  assert r.stderr.strip().splitlines()[-1].startswith(
+      "scdm_jax: error: --mode serve: no weights: set --config.serve.checkpoint=")

@@ -260,11 +260,20 @@ def _class_table(config: ml_collections.ConfigDict) -> palettes.ClassTable:
 
 def load_model(config: ml_collections.ConfigDict, checkpoint: str,
                workdir: str | None) -> Model:
-  """Loads `checkpoint` (an export dir; "" = the sample mode's search in `workdir`)."""
+  """Loads `checkpoint` (an export dir; "" = the sample mode's search: sample.checkpoint,
+  then `workdir`'s export/ and checkpoints/)."""
   cfg = copy.deepcopy(config)
-  with cfg.unlocked():
-    cfg.sample.checkpoint = checkpoint
-  params, meta, where = sample_lib.load_weights(cfg, workdir)
+  if checkpoint:
+    with cfg.unlocked():
+      cfg.sample.checkpoint = checkpoint
+  try:
+    params, meta, where = sample_lib.load_weights(cfg, workdir)
+  except FileNotFoundError:
+    if checkpoint or cfg.sample.checkpoint:
+      raise
+    raise FileNotFoundError(
+        f"--mode serve: no weights: set --config.serve.checkpoint=<export dir>, or give a "
+        f"--workdir containing export/ or checkpoints/ (got workdir={workdir!r})") from None
   return Model(cfg, params, meta, where)
 
 
