@@ -320,8 +320,10 @@ def test_browser_paint_generate_corrupt_regenerate(server, browser, tmp_path):
   assert d.find_element("id", "error").text == ""
 
   # SDEdit: strokes start as the source, one stroke is painted, the map guides the result.
-  _click(d, "strokes-from-source")
-  assert np.array_equal(_decode(d.execute_script("return rgbToDataUrl(S.strokes)")), source)
+  _click(d, "strokes-from-source")  # decodes the source image: asynchronous
+  _wait(d, lambda: np.array_equal(
+      _decode(d.execute_script("return rgbToDataUrl(S.strokes)")), source), 30,
+        "the strokes to become the source")
   _drag(d, d.find_element("id", "canvas"), [(0, 0), (15, 0)])
   guide = _decode(d.execute_script("return rgbToDataUrl(S.strokes)"))
   assert not np.array_equal(guide[:2], source[:2]) and np.array_equal(guide[8:], source[8:])
