@@ -4,7 +4,7 @@
 
 Builds a fake ADE20K tree (JPEG images of ADE-like size, 384 x 512) and a fake COCO-Stuff tree
 (with instance maps) in a temporary folder, then times `create_dataset` in train mode
-(random resized crop + flip + one-hot, and with `label_ids=True` as training uses it) and
+(random resized crop + flip; labels are int32 class ids, one-hot only on the device) and
 test mode, and the procedural dataset, after a warm-up batch. `host_mb_per_example` is the
 size of what is handed to JAX per example. Numbers depend on the CPU count and on other load (tf.data parallel map over Pillow work);
 `cpu_s_per_example` (process CPU time, all threads) is the load-independent figure.
@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import platform
+import sys
 import tempfile
 import time
 
@@ -23,11 +25,16 @@ from scdm_jax.data import datasets
 from scdm_jax.data import fake_layouts
 from scdm_jax.data import layouts
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
+import default as default_config  # noqa: E402  pylint: disable=wrong-import-position
 
-def _rate(cfg, split, train, batch_size, batches, label_ids=False
-          ) -> tuple[float, float, float]:
-  it = datasets.create_dataset(cfg, split, batch_size=batch_size, train=train, seed=0,
-                               label_ids=label_ids)
+
+def _data_config(**fields) -> dict:
+  return dict(default_config.get_config().data.to_dict(), **fields)
+
+
+def _rate(cfg, split, train, batch_size, batches) -> tuple[float, float, float]:
+  it = datasets.create_dataset(cfg, split, batch_size=batch_size, train=train, seed=0)
   next(it)  # warm-up (graph building, first decodes)
   t, c = time.perf_counter(), time.process_time()
   n, nbytes = 0, 0
@@ -46,19 +53,15 @@ def run(image_size: int = 256, batch_size: int = 8, batches: int = 8, num: int =
     for name, use_inst in (("ade20k", False), ("coco_stuff", True)):
       root = fake_layouts.make_fake_dataset(name, os.path.join(tmp, name), num_train=num,
                                             num_val=num, size=(384, 512))
-      cfg = {"name": name, "root": root, "image_size": image_size,
-             "num_classes": layouts.get_spec(name).num_classes, "use_instance": use_inst,
-             "noise": "none"}
+      cfg = _data_config(name=name, root=root, image_size=image_size,
+                         num_classes=layouts.get_spec(name).num_classes,
+                         use_instance=use_inst)
       results[f"{name}_train"] = _rate(cfg, "train", True, batch_size, batches)
-      # What training uses: int32 class ids, one-hot on the device.
-      results[f"{name}_train_label_ids"] = _rate(cfg, "train", True, batch_size, batches,
-                                                 label_ids=True)
       results[f"{name}_train_edge_noise"] = _rate(dict(cfg, noise="edge"), "train", True,
                                                    batch_size, batches)
       results[f"{name}_eval"] = _rate(cfg, "validation", False, batch_size,
                                       max(1, min(batches, num // batch_size - 1)))
-    cfg = {"name": "procedural", "image_size": image_size, "num_classes": 9,
-           "use_instance": True, "noise": "none"}
+    cfg = _data_config(name="procedural", image_size=image_size, use_instance=True)
     results["procedural_train"] = _rate(cfg, "train", True, batch_size, batches)
   return {"benchmark": "data_pipeline", "unit": "examples/s", "image_size": image_size,
           "batch_size": batch_size, "source_image_size": [384, 512],

@@ -29,10 +29,11 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scdm_jax import sample as sample_lib  # noqa: E402
+from scdm_jax import recipe  # noqa: E402
 from scdm_jax import sharding  # noqa: E402
 from scdm_jax import state as state_lib  # noqa: E402
-from scdm_jax import train  # noqa: E402
+from scdm_jax.inference import sampler  # noqa: E402
+from scdm_jax.training import step as step_lib  # noqa: E402
 
 
 def _load(name, arg=None):
@@ -68,15 +69,13 @@ def bench(which: str, train_steps: int, sample_batches: int) -> dict:
   b = -(-int(config.train.batch_size) // shards) * shards
   config.train.batch_size = b
   s, k = int(config.data.image_size), int(config.data.num_classes)
-  psi = train.resolve_psi(config)
-  schedule = train.make_label_schedule(config, psi)
-  diffusion = train.make_diffusion(config)
+  psi = recipe.resolve_psi(config)
+  schedule = recipe.make_label_schedule(config, psi)
+  diffusion = recipe.make_diffusion(config)
   rng = np.random.default_rng(0)
   ids = rng.integers(0, k, (b, s, s)).astype(np.int32)
-  # The train step takes class ids, as the input pipeline yields them; the sampler takes
-  # the one-hot map.
+  # The train step and the sampler take class ids, as the input pipeline yields them.
   host = {"image": rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32), "label": ids}
-  one_hot = (ids[..., None] == np.arange(k)).astype(np.float32)
   if config.data.use_instance:
     host["edge"] = np.zeros((b, s, s, 1), np.float32)
 
@@ -85,8 +84,8 @@ def bench(which: str, train_steps: int, sample_batches: int) -> dict:
   init_s = time.time() - t0
   _, abstract = state_lib.graphs_and_abstract(config)
   t0 = time.time()
-  compiled, _ = train.compile_train_step(config, graphs, diffusion, schedule, mesh,
-                                         shardings, abstract, b // jax.process_count(), psi)
+  compiled, _ = step_lib.compile_train_step(config, graphs, diffusion, schedule, mesh,
+                                            shardings, abstract, b // jax.process_count())
   compile_s = time.time() - t0
   bsh = sharding.batch_sharding(mesh)
   batch = sharding.device_put_tree(host, {key: bsh for key in host})
@@ -103,9 +102,9 @@ def bench(which: str, train_steps: int, sample_batches: int) -> dict:
   config.sample.dynamic_threshold = 0.95
   config.sample.extrapolation = 0.8
   sb = -(-int(config.sample.batch_size) // shards) * shards
-  fn, _ = sample_lib.make_sample_fn(config, graphs, mesh, shardings.params, schedule)
-  cond = sharding.device_put_tree(one_hot[:sb] if "edge" not in host else
-                                  np.concatenate([one_hot, host["edge"]], -1)[:sb], bsh)
+  fn, _ = sampler.make_sample_fn(config, graphs, mesh, shardings.params, schedule)
+  cond = sharding.device_put_tree({k_: v[:sb] for k_, v in host.items() if k_ != "image"},
+                                  bsh)
   key = jax.random.key(0)
   t0 = time.time()
   jax.block_until_ready(fn(st.ema, cond, key))

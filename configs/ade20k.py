@@ -23,4 +23,4 @@ def get_config(arg=None):
   config = default.get_config()
   default.published(config, dataset="ade20k", num_classes=151, use_instance=False, lr=1e-4,
                     psi_path="ade20k_psiphi.npy", force_last_linear=True)
-  return default.apply_variants(config, arg)
+  return default.apply_variants(config, arg, preset="ade20k.py")

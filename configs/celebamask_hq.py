@@ -23,4 +23,4 @@ def get_config(arg=None):
   config = default.get_config()
   default.published(config, dataset="celebamask_hq", num_classes=19, use_instance=True, lr=2e-5,
                     psi_path="celeba_psiphi.npy", force_last_linear=False)
-  return default.apply_variants(config, arg)
+  return default.apply_variants(config, arg, preset="celebamask_hq.py")

@@ -23,4 +23,4 @@ def get_config(arg=None):
   config = default.get_config()
   default.published(config, dataset="cityscapes", num_classes=35, use_instance=True, lr=1e-4,
                     psi_path="", force_last_linear=False)
-  return default.apply_variants(config, arg)
+  return default.apply_variants(config, arg, preset="cityscapes.py")

@@ -23,4 +23,4 @@ def get_config(arg=None):
   config = default.get_config()
   default.published(config, dataset="coco_stuff", num_classes=183, use_instance=True, lr=1e-4,
                     psi_path="coco_psiphi.npy", force_last_linear=True)
-  return default.apply_variants(config, arg)
+  return default.apply_variants(config, arg, preset="coco_stuff.py")

@@ -9,16 +9,19 @@ tiny.py start from `get_config()` here and change a few keys. Variants are chose
 `--config configs/ade20k.py:finetune` (the part after ':' is passed to `get_config`).
 
 Schema (sections):
-  data       input pipeline (scdm_jax.data.create_dataset): name, root, image_size,
-             num_classes, use_instance, noise, unlabeled_to_zero, shuffle_buffer, splits.
-  model      exactly the fields of scdm_jax.models.unet.UNetConfig (UNetConfig(**model)).
-             model.num_classes counts label channels + the edge channel.
+  data       input pipeline (scdm_jax.data.create_dataset): dataset, splits, label noise,
+             augmentation and tf.data knobs. Every field is read; none has a default
+             elsewhere.
+  model      the fields of scdm_jax.models.unet.UNetConfig; num_classes (label channels +
+             the edge channel) and edge_channel are derived from data (scdm_jax.recipe).
   diffusion  image diffusion (beta_schedule, num_steps), label diffusion (label_schedule,
              psi_path, force_last_linear, ...) and the classifier-free drop rate.
   optim      AdamW (lr, b1, b2, eps, weight_decay), warmup_steps, grad_clip, ema_decay.
   train      total_steps, batch_size (GLOBAL, over all devices and hosts), grad_accum,
              cadences (log/sample/checkpoint), retention, seed.
   sample     sampler settings for periodic grids and `--mode sample`.
+  edit, eval `--mode edit` (SDEdit, masked editing) and `--mode evaluate`.
+  paint      `--mode paint`: Paint by Example (weights, source/mask/exemplar, sampler).
   serve      `--mode serve` (the browser painter): host, port, checkpoint(s), limits.
   mesh       device mesh: data x fsdp (-1 = fill in), fsdp_min_size.
   init_from  optional inference checkpoint (save_export format) to start training from.
@@ -28,8 +31,8 @@ import ml_collections
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the default config. `arg` is unused here (kept for the preset convention)."""
-  del arg
+  """Returns the default config; it has no variants (`default.py:x` is refused)."""
+  check_variants(arg, known=(), preset="default.py")
   config = ml_collections.ConfigDict()
 
   # Shared values: overriding data.image_size also changes model.image_size.
@@ -44,10 +47,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.use_instance = False  # add the instance-edge channel (L = K + 1)
   config.data.noise = "none"  # none | ds | edge | random (label corruption at eval/sample)
   config.data.unlabeled_to_zero = False  # reference flag: zero the last conditioning channel
-  config.data.shuffle_buffer = 1000
   config.data.train_split = "train"
   config.data.eval_split = "validation"
   config.data.class_table = ""  # optional custom class-table JSON (names, colours)
+  # Read labels from this folder instead (e.g. a `--mode corrupt` copy), matched by file name.
+  config.data.label_dir = ""
+  config.data.require_images = True  # False: label-only folders (the image is all-zero)
+  config.data.num_examples = 0  # procedural: train-split size (0 = 1024); others: 0 = all
+  config.data.procedural_seed = 0  # procedural: content seed (independent of train.seed)
+  # Label-noise parameters (data.noise; docs/data.md, scdm-method.md §7).
+  config.data.random_rate = 0.1  # random: probability that a pixel becomes unlabeled
+  config.data.ds_size = 64  # ds: the annotation is resized (nearest) to this size first
+  config.data.edge_radius = 2  # edge: L1 dilation radius of the boundary band
+  config.data.flip = True  # training augmentation: random horizontal flip
+  config.data.num_parallel_calls = -1  # tf.data map parallelism (-1 = AUTOTUNE)
+  config.data.prefetch = 2  # batches prefetched by tf.data
+  # Deprecated, unused (every epoch is a full permutation of the shard); kept so that old
+  # command lines still load.
+  config.data.shuffle_buffer = ml_collections.config_dict.placeholder(int)
 
   # -------------------------------------------------------------------------- model
   # Exactly the UNetConfig field names.
@@ -59,7 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.num_res_blocks = 2
   config.model.attention_resolutions = (4,)  # downsample factors, as in the reference
   config.model.channel_mult = (1, 2, 2)
-  config.model.num_classes = 9  # label channels incl. the edge channel
+  # Deprecated: derived from data.num_classes + data.use_instance (scdm_jax.recipe).
+  config.model.num_classes = ml_collections.config_dict.placeholder(int)
   config.model.num_head_channels = 32
   config.model.num_heads = 1
   config.model.use_scale_shift_norm = True
@@ -71,7 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.num_heads_upsample = -1
   config.model.conv_resample = True
   config.model.use_new_attention_order = False
-  config.model.edge_channel = False  # True when data.use_instance (last channel = edges)
+  # Deprecated: derived from data.use_instance (last label channel = instance edges).
+  config.model.edge_channel = ml_collections.config_dict.placeholder(bool)
   # None = XLA attention; "cudnn" = fused cuDNN kernel on GPU (bf16 only).
   config.model.attention_implementation = ml_collections.config_dict.placeholder(str)
 
@@ -170,6 +189,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.proxy_weights = ""  # proxy segmenter npz (python -m scdm_jax.evaluation.proxy)
   config.eval.output = ""  # "" = <workdir>/eval/report.json
 
+  # -------------------------------------------------------------------------- paint
+  config.paint = ml_collections.ConfigDict()  # --mode paint (docs/paint_by_example.md)
+  config.paint.weights = ""  # diffusers Paint-by-Example folder, model.ckpt, or an export
+  config.paint.weights_config = ""  # model.ckpt only: a diffusers folder with its configs ("" = released)
+  config.paint.source = ""  # source image (PNG/JPEG) or folder; sides divisible by 8
+  config.paint.mask = ""  # mask PNG or folder (one per source name): 255 = repaint, 0 = keep
+  config.paint.exemplar = ""  # exemplar image or folder (one per source name)
+  config.paint.num_steps = 50  # PNDM makes num_steps + 1 network calls
+  config.paint.guidance_scale = 5.0  # classifier-free guidance on the exemplar (<= 1: off)
+  config.paint.sampler = "pndm"  # pndm (PLMS, the official sampler) | ddim
+  config.paint.eta = 0.0  # ddim only
+  config.paint.seed = 0
+  config.paint.num_samples = 1  # samples per source
+  config.paint.batch_size = 4  # sources per program call (rounded up to the device count)
+  config.paint.paste_back = False  # copy the kept pixels of the source into the result
+  config.paint.posterior = "sample"  # masked-image latents: sample (release) | mean
+  config.paint.mask_resize = "nearest"  # mask -> latent size: nearest (diffusers) | bilinear (official code)
+  config.paint.exemplar_resize = "processor"  # processor (CLIP resize + centre crop) | squash (official 224x224)
+  config.paint.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay as stored)
+  config.paint.output_dir = ""  # "" = <workdir>/paint
+
   # ------------------------------------------------------------------------- serve
   config.serve = ml_collections.ConfigDict()  # --mode serve: the browser painter
   config.serve.host = "127.0.0.1"  # localhost only; "0.0.0.0" exposes it to the network
@@ -208,6 +248,18 @@ def parse_variant(arg: str | None) -> dict[str, str | bool]:
   return out
 
 
+def check_variants(arg: str | None, *, known: tuple[str, ...], preset: str
+                   ) -> dict[str, str | bool]:
+  """`parse_variant(arg)`, refusing any variant not in `known` with a one-line error."""
+  variants = parse_variant(arg)
+  unknown = sorted(set(variants) - set(known))
+  if unknown:
+    hint = (f"known: {', '.join(known)} (comma-separated, e.g. configs/{preset}:{known[0]})"
+            if known else f"configs/{preset} has no variants: drop the ':{arg}'")
+    raise ValueError(f"Unknown config variant(s) {unknown} for configs/{preset}; {hint}.")
+  return variants
+
+
 def published(config: ml_collections.ConfigDict, *, dataset: str, num_classes: int,
               use_instance: bool, lr: float, psi_path: str,
               force_last_linear: bool) -> ml_collections.ConfigDict:
@@ -222,8 +274,6 @@ def published(config: ml_collections.ConfigDict, *, dataset: str, num_classes: i
   config.model.num_res_blocks = 2
   config.model.attention_resolutions = (8, 16, 32)  # feature maps 32, 16, 8 at 256 px
   config.model.num_head_channels = 64
-  config.model.num_classes = num_classes + int(use_instance)
-  config.model.edge_channel = use_instance
   config.model.dropout = 0.0
   config.model.dtype = "bfloat16"  # reference: fp16 with fp32 master weights
   config.model.remat = True  # reference: use_checkpoint
@@ -258,18 +308,16 @@ def published(config: ml_collections.ConfigDict, *, dataset: str, num_classes: i
 
 
 def apply_variants(config: ml_collections.ConfigDict, arg: str | None,
-                   finetune_lr: float = 2e-5) -> ml_collections.ConfigDict:
+                   finetune_lr: float = 2e-5, *, preset: str
+                   ) -> ml_collections.ConfigDict:
   """Variants shared by the dataset presets.
 
   * `finetune`: lr 2e-5 (set `--config.init_from=<export dir>`).
   * `sample1000`: the 1000-step sampling recipe (s=1.5, static clip, no extrapolation).
   * `runlocal`: a 32 px / 32-channel model and batch 8, to smoke-test a preset on a CPU.
   """
-  variants = parse_variant(arg)
-  unknown = set(variants) - {"finetune", "sample1000", "runlocal"}
-  if unknown:
-    raise ValueError(f"Unknown config variant(s) {sorted(unknown)}; known: finetune, "
-                     "sample1000, runlocal (comma-separated, e.g. configs/ade20k.py:finetune).")
+  variants = check_variants(arg, known=("finetune", "sample1000", "runlocal"),
+                            preset=preset)
   if variants.get("finetune"):
     config.optim.lr = finetune_lr
   if variants.get("sample1000"):
@@ -289,5 +337,4 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None,
     config.train.log_every = 1
     config.train.checkpoint_every = 5
     config.train.sample_every = 0
-    config.data.shuffle_buffer = 16
   return config

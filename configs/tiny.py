@@ -8,19 +8,18 @@ def _load_default():
 
 
 def get_config(arg=None):
-  del arg
-  config = _load_default().get_config()
+  default = _load_default()
+  default.check_variants(arg, known=(), preset="tiny.py")
+  config = default.get_config()
   config.data.name = "procedural"
   config.data.image_size = 16
   config.data.num_classes = 9
-  config.data.shuffle_buffer = 16
 
   config.model.model_channels = 32
   config.model.channel_mult = (1, 2)
   config.model.num_res_blocks = 1
   config.model.attention_resolutions = ()
   config.model.num_head_channels = 32
-  config.model.num_classes = 9
 
   config.diffusion.num_steps = 100
   config.diffusion.label_schedule = "classwise"

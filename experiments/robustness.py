@@ -86,7 +86,6 @@ def build_config(size: str, model: str, *, seed: int = 0):
   config.data.name = "procedural"
   config.data.image_size = s["image_size"]
   config.data.num_classes = 9
-  config.model.num_classes = 9
   for k, v in s.get("model", {}).items():
     config.model[k] = v
   config.diffusion.num_steps = s["num_steps"]
@@ -128,25 +127,28 @@ def sample_model(config, workdir: str, out_root: str, conditions, *, unlabeled_t
   same key per batch; returns the first ``grid_maps`` label maps and images per condition."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from scdm_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
+  from scdm_jax import recipe  # pylint: disable=g-import-not-at-top
   from scdm_jax import sharding  # pylint: disable=g-import-not-at-top
   from scdm_jax import state as state_lib  # pylint: disable=g-import-not-at-top
-  from scdm_jax import logging_utils  # pylint: disable=g-import-not-at-top
-  from scdm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from scdm_jax.inference import label_batches  # pylint: disable=g-import-not-at-top
+  from scdm_jax.inference import loading  # pylint: disable=g-import-not-at-top
+  from scdm_jax.inference import runner  # pylint: disable=g-import-not-at-top
+  from scdm_jax.inference import sampler  # pylint: disable=g-import-not-at-top
+  from scdm_jax.io import images as image_io  # pylint: disable=g-import-not-at-top
 
-  params_pure, meta, where = sample_lib.load_weights(config, workdir)
+  params_pure, meta, where = loading.load_weights(config, workdir)
   kind = meta["label_schedule"]["kind"]
   psi = meta["label_schedule"]["psi"]
   if kind != config.diffusion.label_schedule:
     raise ValueError(f"{where} was trained with label schedule {kind!r}, expected "
                      f"{config.diffusion.label_schedule!r}.")
-  label_schedule = train_lib.make_label_schedule(
+  label_schedule = recipe.make_label_schedule(
       config, None if psi is None else np.asarray(psi, np.float64))
   mesh = sharding.make_mesh(config.mesh)
   graphs, abstract = state_lib.graphs_and_abstract(config)
   param_sh = sharding.state_shardings(mesh, abstract.params, int(config.mesh.fsdp_min_size))
   params = state_lib.params_from_pure(graphs, params_pure, param_sh)
-  fn, _ = sample_lib.make_sample_fn(config, graphs, mesh, param_sh, label_schedule)
+  fn, _ = sampler.make_sample_fn(config, graphs, mesh, param_sh, label_schedule)
   shards = sharding.num_batch_shards(mesh)
   batch = -(-int(config.sample.batch_size) // shards) * shards
   key = jax.random.key(int(config.sample.seed))
@@ -155,18 +157,21 @@ def sample_model(config, workdir: str, out_root: str, conditions, *, unlabeled_t
     ccfg = condition_config(config, cond, unlabeled_to_zero=unlabeled_to_zero)
     out_dir = os.path.join(out_root, cond)
     labels, images = [], []
-    for bi, (names, c) in enumerate(sample_lib.iter_label_maps(ccfg, batch)):
-      n = c.shape[0]
-      padded = sample_lib._pad_to(c, batch)  # pylint: disable=protected-access
-      gcond = sharding.device_put_tree(padded, sharding.batch_sharding(mesh))
+    for bi, maps in enumerate(label_batches.iter_label_batches(ccfg, batch)):
+      # Padded to `batch` rows (not just to the device count): one program for all batches.
+      arrays = {k: runner.pad_rows(v, batch) for k, v in maps.arrays().items()}
+      dev, _ = runner.put_padded(arrays, mesh)
+      n = len(maps)
       # Same key for batch bi in every condition and model: differences come from the
       # labels and the weights only.
-      out = fn(params, gcond, jax.random.fold_in(key, bi))
-      sample_lib._write_rows(out, n, 1, names, out_dir)  # pylint: disable=protected-access
+      out = fn(params, dev, jax.random.fold_in(key, bi))
+      for row, image in runner.local_rows(out, n):
+        image_io.save_png(os.path.join(out_dir, "sample_0", f"{maps.names[row]}.png"),
+                          image_io.to_uint8(image))
       if len(labels) < grid_maps:
         take = grid_maps - len(labels)
-        labels.extend(c[:take])
-        images.extend(logging_utils.to_uint8(sharding.to_host(out)[:n])[:take])
+        labels.extend(maps.label[:take])
+        images.extend(image_io.to_uint8(runner.host_rows(out, n))[:take])
     grid[cond] = (np.stack(labels), np.stack(images))
   return grid
 
@@ -177,15 +182,15 @@ def paired_miou_difference(seg, config, dir_a: str, dir_b: str, *, draws: int = 
   over the maps (resample maps, recompute both mIoUs from the summed confusion matrices):
   the difference, and the 5th and 95th percentiles of its bootstrap distribution."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from scdm_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
   from scdm_jax.evaluation import miou  # pylint: disable=g-import-not-at-top
+  from scdm_jax.evaluation import sample_sets  # pylint: disable=g-import-not-at-top
   k, size = int(config.data.num_classes), int(config.data.image_size)
-  folders = [evaluate_lib.find_sample_sets(d)[0] for d in (dir_a, dir_b)]
-  names = evaluate_lib.png_names(folders[0])
-  _, gt = evaluate_lib.load_reference(config, "validation", names)
+  folders = [sample_sets.find_sample_sets(d)[0] for d in (dir_a, dir_b)]
+  names = sample_sets.png_names(folders[0])
+  _, gt = sample_sets.load_reference(config, "validation", names)
   cms = []
   for folder in folders:
-    pred = seg(evaluate_lib.load_images(folder, names, size)[0]).argmax(-1)
+    pred = seg(sample_sets.load_images(folder, names, size)[0]).argmax(-1)
     cms.append(np.stack([miou.confusion_matrix(p, g, k) for p, g in zip(pred, gt)]))
   score = lambda cm: miou.miou_from_confusion(cm)["miou"]
   rng = np.random.default_rng(seed)
@@ -201,20 +206,19 @@ def paired_miou_difference(seg, config, dir_a: str, dir_b: str, *, draws: int = 
 def write_grid(path: str, grids: dict[str, dict[str, Any]], conditions, models) -> None:
   """Rows = conditions; per label map: coloured label (unknown = magenta) | model samples."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from scdm_jax import logging_utils  # pylint: disable=g-import-not-at-top
   from scdm_jax.data import label_io  # pylint: disable=g-import-not-at-top
   from scdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
+  from scdm_jax.io import images as image_io  # pylint: disable=g-import-not-at-top
   table = procedural.class_table()
   rows = []
   for cond in conditions:
     labels = grids[models[0]][cond][0]
     row = []
     for i in range(labels.shape[0]):
-      row.append(label_io.colorize(labels[i].astype(np.float32), table,
-                                   unknown_color=(255, 0, 255)))
+      row.append(label_io.colorize(labels[i], table, unknown_color=(255, 0, 255)))
       row.extend(grids[m][cond][1][i] for m in models)
     rows.append(row)
-  logging_utils.save_png(path, logging_utils.make_grid(rows))
+  image_io.save_png(path, image_io.make_grid(rows))
 
 
 def write_table(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -249,7 +253,7 @@ def write_table(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
             f"seed {meta['seed']}; wall time {meta['seconds']:.0f} s "
             f"({', '.join(f'{k} {v:.0f}' for k, v in meta['phase_seconds'].items())}).", ""]
   md = "\n".join(lines)
-  from scdm_jax import atomic  # pylint: disable=g-import-not-at-top
+  from scdm_jax.io import atomic  # pylint: disable=g-import-not-at-top
   from scdm_jax.evaluation import report  # pylint: disable=g-import-not-at-top
   atomic.write_text(os.path.join(out, "table.md"), md)
   payload = report._jsonable({"results": results, "meta": meta})  # pylint: disable=protected-access
@@ -261,10 +265,10 @@ def run(size: str, out: str, *, proxy_weights: str = "", seed: int = 0,
         conditions=CONDITIONS, models=tuple(MODELS), unlabeled_to_zero: bool = True
         ) -> dict[str, Any]:
   """The whole experiment; returns ``{"results": ..., "meta": ..., "markdown": ...}``."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from scdm_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-  from scdm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  # The experiment drives the modes directly, as main would (it is a script, not a mode).
   from scdm_jax.evaluation import proxy  # pylint: disable=g-import-not-at-top
+  from scdm_jax.modes import evaluate as evaluate_mode  # pylint: disable=g-import-not-at-top
+  from scdm_jax.modes import train as train_mode  # pylint: disable=g-import-not-at-top
 
   if size not in SIZES:
     raise ValueError(f"--size {size!r}: choose one of {sorted(SIZES)}.")
@@ -296,7 +300,7 @@ def run(size: str, out: str, *, proxy_weights: str = "", seed: int = 0,
     print(f"[robustness] training {m.upper()} (label_schedule={MODELS[m]!r}, "
           f"{s['train_steps']} steps)", flush=True)
     t = time.time()
-    train_lib.train_and_evaluate(config, workdir)
+    train_mode.run(config, workdir)
     phases[f"train_{m}_s"] = time.time() - t
     t = time.time()
     print(f"[robustness] sampling {m.upper()} on {list(conditions)}", flush=True)
@@ -306,12 +310,11 @@ def run(size: str, out: str, *, proxy_weights: str = "", seed: int = 0,
     results[m] = {}
     for c in conditions:
       ecfg = condition_config(config, c, unlabeled_to_zero=unlabeled_to_zero)
-      ecfg.eval = ml_collections.ConfigDict(dict(evaluate_lib.EVAL_DEFAULTS))
       ecfg.eval.metrics = "proxy_miou,proxy_fd"
       ecfg.eval.proxy_weights = proxy_weights
       ecfg.eval.samples_dir = os.path.join(workdir, c)
       ecfg.eval.output = os.path.join(workdir, c, "report.json")
-      rep = evaluate_lib.evaluate(ecfg, workdir)
+      rep = evaluate_mode.run(ecfg, workdir)
       results[m][c] = dict(rep["metrics"], report=ecfg.eval.output)
       print(f"[robustness] {m.upper():5s} {c:7s} proxy mIoU {rep['metrics']['proxy_miou']:.3f}"
             f"  proxy FD {rep['metrics']['proxy_fd']:.4f}", flush=True)

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from scdm_jax import fileio
+from scdm_jax.io import fileio
 
 _PARAMS = "params"
 _META = "meta"
@@ -220,13 +220,31 @@ class TrainCheckpointer:
     Returns:
       `(state, meta)`.
     """
+    legacy = self._empty_entries_on_disk(step, abstract_state)
+    target = dict(abstract_state, **{k: {} for k in legacy}) if legacy else abstract_state
     restored = self._mngr.restore(
         step,
         args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardRestore(abstract_state),
+            _STATE: ocp.args.StandardRestore(target),
             _META: ocp.args.JsonRestore(),
         }))
-    return restored[_STATE], dict(restored[_META])
+    state = restored[_STATE]
+    if legacy:
+      state = {k: v for k, v in state.items() if k not in legacy}
+    return state, dict(restored[_META])
+
+  def _empty_entries_on_disk(self, step: int, abstract_state: Any) -> list[str]:
+    """Top-level entries of the saved state that hold no arrays and that `abstract_state`
+    lacks: checkpoints written before `TrainState.rest` was dropped hold an empty "rest".
+    Restoring them as `{}` keeps those checkpoints loadable (and resumable)."""
+    if not isinstance(abstract_state, Mapping):
+      return []
+    tree = self._mngr.item_metadata(step)[_STATE]
+    tree = getattr(tree, "tree", tree)
+    if not isinstance(tree, Mapping):
+      return []
+    return [k for k, v in tree.items()
+            if k not in abstract_state and isinstance(v, Mapping) and not jax.tree.leaves(v)]
 
   def restore_meta(self, step: int) -> dict[str, Any]:
     """Reads only the JSON meta of `step`."""

@@ -8,6 +8,8 @@ Modes:
   edit      SDEdit from strokes, or masked regeneration after a label edit (config.edit;
             docs/editing.md).
   evaluate  metrics of the samples against a split (config.eval; docs/evaluation.md).
+  paint     Paint by Example: an exemplar painted into the masked region of a photo
+            (config.paint; docs/paint_by_example.md).
   serve     the browser painter: paint a label map, generate, edit (config.serve; README).
   corrupt   the noisy-label benchmark: passes the remaining arguments after `--` to
             `python -m scdm_jax.data.corrupt`.
@@ -18,7 +20,8 @@ end in one line, `scdm_jax: error: <what, where, what to do>`, and exit status 1
 SCDM_TRACEBACK=1 to see the Python traceback as well.
 Multi-host: `jax.distributed.initialize()` runs when --distributed is set, or when the
 environment names a coordinator (JAX_COORDINATOR_ADDRESS, SLURM, or a Cloud TPU pod slice,
-SCDM_DISTRIBUTED=1). This file is kept short so that train.py etc. can be imported.
+SCDM_DISTRIBUTED=1). Each mode is `scdm_jax.modes.<name>.run(config, workdir)`; `MODES`
+maps the --mode names to those modules, and nothing else imports a mode.
 """
 
 from __future__ import annotations
@@ -34,15 +37,35 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from scdm_jax import recipe
+from scdm_jax.modes import corrupt
+from scdm_jax.modes import edit
+from scdm_jax.modes import evaluate
+from scdm_jax.modes import export
+from scdm_jax.modes import paint
+from scdm_jax.modes import sample
+from scdm_jax.modes import serve
+from scdm_jax.modes import train
+
+# --mode name -> module with `run(config, workdir, ...)`.
+MODES = {
+    "train": train,
+    "sample": sample,
+    "edit": edit,
+    "evaluate": evaluate,
+    "export": export,
+    "paint": paint,
+    "serve": serve,
+    "corrupt": corrupt,
+}
+
 FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (configs/*.py[:variant]).",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "edit", "evaluate", "export", "serve",
-                                      "corrupt"],
-                  "What to do.")
+flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 flags.DEFINE_string("export_dir", None, "--mode export: target (default <workdir>/export).")
 flags.DEFINE_bool("distributed", None,
                   "Call jax.distributed.initialize() (default: auto-detect from the "
@@ -65,8 +88,7 @@ def _want_distributed() -> bool:
   if int(env.get("SLURM_NTASKS", "1")) > 1:
     return True
   # Cloud TPU pod slices: several workers listed in the TPU environment.
-  hostnames = env.get("TPU_WORKER_HOSTNAMES") or env.get("CLOUD_TPU_TASK_ID")
-  return bool(hostnames and "," in env.get("TPU_WORKER_HOSTNAMES", ""))
+  return "," in env.get("TPU_WORKER_HOSTNAMES", "")
 
 
 def _initialize_distributed() -> None:
@@ -112,9 +134,8 @@ def main(argv):
 
 def _dispatch(argv):
   logging.get_absl_handler().addFilter(_QuietOrbax())
-  if FLAGS.mode == "corrupt":
-    from scdm_jax.data import corrupt  # pylint: disable=g-import-not-at-top
-    return corrupt.main(list(argv[1:]))
+  if FLAGS.mode == "corrupt":  # its own command line, after `--`; no config
+    return MODES["corrupt"].run(FLAGS.config, FLAGS.workdir, argv=argv[1:])
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   if FLAGS.config is None:
@@ -122,7 +143,7 @@ def _dispatch(argv):
 
   # TensorFlow (input pipeline only) must not grab GPU/TPU memory that JAX needs.
   try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  # optional and heavy
     tf.config.set_visible_devices([], "GPU")
     tf.config.set_visible_devices([], "TPU")
   except (ImportError, RuntimeError, ValueError):
@@ -136,30 +157,9 @@ def _dispatch(argv):
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
 
-  config = FLAGS.config
-  workdir = FLAGS.workdir
-  if FLAGS.mode == "train":
-    if not workdir:
-      raise app.UsageError("--workdir is required for --mode train")
-    from scdm_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, workdir)
-  elif FLAGS.mode == "sample":
-    from scdm_jax import sample  # pylint: disable=g-import-not-at-top
-    sample.run_sampling(config, workdir)
-  elif FLAGS.mode == "export":
-    from scdm_jax import export  # pylint: disable=g-import-not-at-top
-    if not workdir:
-      raise app.UsageError("--workdir is required for --mode export")
-    export.export_from_workdir(config, workdir, FLAGS.export_dir)
-  elif FLAGS.mode == "edit":
-    from scdm_jax import edit  # pylint: disable=g-import-not-at-top
-    edit.run_edit(config, workdir)
-  elif FLAGS.mode == "evaluate":
-    from scdm_jax import evaluate  # pylint: disable=g-import-not-at-top
-    evaluate.evaluate(config, workdir)
-  elif FLAGS.mode == "serve":
-    from scdm_jax.modes import serve  # pylint: disable=g-import-not-at-top
-    serve.run(config, workdir)
+  recipe.warn_deprecated(FLAGS.config)
+  extra = {"export_dir": FLAGS.export_dir} if FLAGS.mode == "export" else {}
+  MODES[FLAGS.mode].run(FLAGS.config, FLAGS.workdir, **extra)
   return 0
 
 

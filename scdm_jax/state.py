@@ -3,8 +3,8 @@
 The state is kept as a plain pytree (`TrainState`) of `nnx.State`s so that one `jax.jit`
 program can take and return it with `NamedSharding`s and donation:
 
-* `params`: the model's `nnx.Param`s (float32; the compute dtype is a model option);
-* `rest`: any other model state (empty for the UNet, kept for safety);
+* `params`: the model's `nnx.Param`s (float32; the compute dtype is a model option). The
+  UNet has no other state: `nnx.split(model, nnx.Param)` refuses a model that has some;
 * `opt`: the `nnx.Optimizer` state (optax AdamW state and the step counter);
 * `ema`: float32 EMA of `params`;
 * `rng`: the base PRNG key (raw uint32 key data); step `s` uses `fold_in(rng, s)`, so a
@@ -18,7 +18,6 @@ constructor is then jitted with those `out_shardings`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Callable
 
 import jax
@@ -28,6 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from scdm_jax import recipe
 from scdm_jax import sharding
 from scdm_jax.models.unet import UNet, UNetConfig
 
@@ -36,7 +36,6 @@ from scdm_jax.models.unet import UNet, UNetConfig
 @dataclasses.dataclass
 class TrainState:
   params: Any
-  rest: Any
   opt: Any
   ema: Any
   rng: Any
@@ -48,30 +47,6 @@ class Graphs:
   model: Any  # nnx.GraphDef of the UNet
   opt: Any  # nnx.GraphDef of the nnx.Optimizer
   unet_config: UNetConfig
-
-
-def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:
-  """`UNetConfig(**config.model)`, checked against `config.data`.
-
-  Raises:
-    ValueError: if the model's label channels do not match the data.
-  """
-  model = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
-  want = int(config.data.num_classes) + int(bool(config.data.use_instance))
-  if int(model["num_classes"]) != want:
-    raise ValueError(
-        f"config.model.num_classes={model['num_classes']} but config.data has "
-        f"num_classes={config.data.num_classes} label classes"
-        f"{' + 1 instance-edge channel' if config.data.use_instance else ''} = {want}; "
-        f"set --config.model.num_classes={want}.")
-  if bool(model.get("edge_channel", False)) != bool(config.data.use_instance):
-    raise ValueError(
-        f"config.model.edge_channel={model.get('edge_channel')} must equal "
-        f"config.data.use_instance={config.data.use_instance}.")
-  if int(model["image_size"]) != int(config.data.image_size):
-    raise ValueError(f"config.model.image_size={model['image_size']} != "
-                     f"config.data.image_size={config.data.image_size}.")
-  return UNetConfig(**model)
 
 
 def lr_schedule(optim: ml_collections.ConfigDict) -> Callable[[Any], Any]:
@@ -98,15 +73,15 @@ def _build(ucfg: UNetConfig, tx, key):
 def graphs_and_abstract(config: ml_collections.ConfigDict
                         ) -> tuple[Graphs, TrainState]:
   """Static graph definitions and the abstract (ShapeDtypeStruct) train state."""
-  ucfg = unet_config(config)
+  ucfg = recipe.unet_config(config)
   tx = make_tx(config.optim)
   model, opt = nnx.eval_shape(lambda: _build(ucfg, tx, jax.random.key(0)))
-  model_gd, params, rest = nnx.split(model, nnx.Param, ...)
+  model_gd, params = nnx.split(model, nnx.Param)
   opt_gd, opt_state = nnx.split(opt)
   ema = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32), params)
   key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
   return (Graphs(model_gd, opt_gd, ucfg),
-          TrainState(params=params, rest=rest, opt=opt_state, ema=ema, rng=key))
+          TrainState(params=params, opt=opt_state, ema=ema, rng=key))
 
 
 def train_state_shardings(config: ml_collections.ConfigDict, mesh,
@@ -114,7 +89,6 @@ def train_state_shardings(config: ml_collections.ConfigDict, mesh,
   fsdp_min = int(config.mesh.fsdp_min_size)
   return TrainState(
       params=sharding.state_shardings(mesh, abstract.params, fsdp_min),
-      rest=sharding.state_shardings(mesh, abstract.rest, fsdp_min),
       opt=sharding.state_shardings(mesh, abstract.opt, fsdp_min),
       ema=sharding.state_shardings(mesh, abstract.ema, fsdp_min),
       rng=sharding.replicated(mesh))
@@ -129,18 +103,10 @@ def create_train_state(config: ml_collections.ConfigDict, mesh, seed: int
   """
   graphs, abstract = graphs_and_abstract(config)
   shardings = train_state_shardings(config, mesh, abstract)
-  key = json.dumps([config.model.to_dict(), config.optim.to_dict(),
-                    config.mesh.to_dict(), [d.id for d in mesh.devices.flat]],
-                   sort_keys=True, default=str)
-  if key not in _INIT_CACHE:
-    _INIT_CACHE.clear()
-    _INIT_CACHE[key] = _jit_init(config, graphs, shardings)
-  state = _INIT_CACHE[key](jax.random.key(seed))
+  # No cache of our own: jax's persistent compilation cache (when configured) serves a
+  # repeated initialiser, keyed by the program itself.
+  state = _jit_init(config, graphs, shardings)(jax.random.key(seed))
   return graphs, state, shardings
-
-
-# The jitted initialiser, reused across calls in one process (same model/optimizer/mesh).
-_INIT_CACHE: dict[str, Any] = {}
 
 
 def _jit_init(config, graphs: Graphs, shardings: TrainState):
@@ -150,10 +116,10 @@ def _jit_init(config, graphs: Graphs, shardings: TrainState):
   def init(seed_key):
     init_key, train_key = jax.random.split(seed_key)
     model, opt = _build(ucfg, tx, init_key)
-    _, params, rest = nnx.split(model, nnx.Param, ...)
+    _, params = nnx.split(model, nnx.Param)
     _, opt_state = nnx.split(opt)
     ema = jax.tree.map(lambda p: p.astype(jnp.float32), params)
-    return TrainState(params=params, rest=rest, opt=opt_state, ema=ema,
+    return TrainState(params=params, opt=opt_state, ema=ema,
                       rng=jax.random.key_data(train_key))
 
   jitted = jax.jit(init, out_shardings=shardings)
@@ -191,7 +157,6 @@ def step_of(state: TrainState) -> jax.Array:
 def to_checkpoint(state: TrainState) -> dict[str, Any]:
   return {
       "params": nnx.to_pure_dict(state.params),
-      "rest": nnx.to_pure_dict(state.rest),
       "opt": nnx.to_pure_dict(state.opt),
       "ema": nnx.to_pure_dict(state.ema),
       "rng": state.rng,
@@ -201,7 +166,7 @@ def to_checkpoint(state: TrainState) -> dict[str, Any]:
 def from_checkpoint(tree: dict[str, Any], like: TrainState) -> TrainState:
   """Fills a copy of `like`'s `nnx.State`s with the restored arrays."""
   out = {}
-  for name in ("params", "rest", "opt", "ema"):
+  for name in ("params", "opt", "ema"):
     st = jax.tree.map(lambda x: x, getattr(like, name))
     nnx.replace_by_pure_dict(st, tree[name])
     out[name] = st
@@ -229,8 +194,8 @@ def ema_update(ema: Any, params: Any, decay) -> Any:
 
 def params_from_pure(graphs: Graphs, pure: dict[str, Any], shardings: Any | None = None):
   """An `nnx.State` of params (for `graphs.model`) from a pure dict (e.g. an export)."""
-  _, abstract_params, _ = nnx.split(
-      nnx.eval_shape(lambda: UNet(graphs.unet_config, rngs=nnx.Rngs(0))), nnx.Param, ...)
+  _, abstract_params = nnx.split(
+      nnx.eval_shape(lambda: UNet(graphs.unet_config, rngs=nnx.Rngs(0))), nnx.Param)
   flat_want = {k: v.shape for k, v in jax.tree_util.tree_leaves_with_path(
       nnx.to_pure_dict(abstract_params))}
   flat_got = {k: np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(pure)}

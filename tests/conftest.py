@@ -25,3 +25,41 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 @pytest.fixture
 def fixtures_dir() -> pathlib.Path:
   return FIXTURES
+
+import importlib.util  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str = "tiny", variant: str | None = None, **overrides):
+  """`configs/<name>.py:<variant>` with dotted overrides, e.g. `**{"train.total_steps": 2}`."""
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant)
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return config
+
+
+def data_config(**fields) -> dict:
+  """The default data section (configs/default.py) as a dict, with `fields` set."""
+  return dict(load_config("default").data.to_dict(), **fields)
+
+
+@pytest.fixture
+def tiny_config():
+  """Factory: `tiny_config(**{"train.total_steps": 2})` is configs/tiny.py with overrides."""
+  return lambda **overrides: load_config("tiny", **overrides)
+
+
+@pytest.fixture
+def workdir(tmp_path) -> pathlib.Path:
+  """An empty run folder."""
+  path = tmp_path / "run"
+  path.mkdir()
+  return path

@@ -69,3 +69,13 @@ def test_train_checkpointer_retention_and_restore(tmp_path):
   again = checkpointing.TrainCheckpointer(tmp_path / "ckpt", keep_last=2, keep_every=4)
   assert again.latest_step() == 8
   again.close()
+
+
+def test_checkpoint_with_the_old_empty_rest_entry_restores(tmp_path):
+  # Checkpoints written before TrainState.rest was dropped hold an empty "rest" entry.
+  ckpt = checkpointing.TrainCheckpointer(tmp_path / "old", async_save=False)
+  ckpt.save(1, {"params": {"w": jnp.arange(3.0)}, "rest": {}}, {"step": 1}, wait=True)
+  got, _ = ckpt.restore(1, {"params": {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}})
+  assert set(got) == {"params"}
+  np.testing.assert_array_equal(got["params"]["w"], np.arange(3.0))
+  ckpt.close()

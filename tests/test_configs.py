@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+from scdm_jax import recipe
 from scdm_jax.models.unet import UNetConfig
-from scdm_jax import state as state_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PRESETS = ["default", "ade20k", "coco_stuff", "celebamask_hq", "cityscapes", "demo", "tiny"]
@@ -29,7 +29,7 @@ def load(name, arg=None):
 def test_preset_schema(name):
   config = load(name)
   assert set(config.model.keys()) == {f.name for f in dataclasses.fields(UNetConfig)}
-  state_lib.unet_config(config)  # model matches data
+  recipe.unet_config(config)  # model matches data
   assert config.train.total_steps > 0 and config.train.batch_size > 0
   for section in ("data", "model", "diffusion", "optim", "train", "sample", "edit", "eval",
                   "mesh"):
@@ -42,7 +42,7 @@ def test_preset_schema(name):
 def test_published_settings(name, k, lr, inst):
   c = load(name)
   assert c.data.image_size == c.model.image_size == 256
-  assert c.data.num_classes == k and c.model.num_classes == k + inst
+  assert c.data.num_classes == k and recipe.unet_config(c).num_classes == k + inst
   assert c.optim.lr == lr and c.train.batch_size == 40 and c.optim.ema_decay == 0.9999
   assert c.diffusion.drop_rate == 0.2 and c.diffusion.label_schedule == "classwise"
   assert (c.sample.respacing, c.sample.guidance_scale, c.sample.dynamic_threshold,
@@ -62,8 +62,8 @@ def test_variants():
 def test_model_data_mismatch_is_clear():
   c = load("tiny")
   c.model.num_classes = 5
-  with pytest.raises(ValueError, match="config.model.num_classes=5"):
-    state_lib.unet_config(c)
+  with pytest.raises(ValueError, match="config.model.num_classes=5 contradicts"):
+    recipe.unet_config(c)
 
 
 def test_clu_writers_smoke(tmp_path):
@@ -88,6 +88,7 @@ def _main(*args, timeout=120, extra_env=None):
                         capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_main_flags():
   r = _main(f"--config={REPO / 'configs' / 'tiny.py'}", "--mode=bogus")
   assert r.returncode != 0 and "mode" in r.stderr
@@ -96,12 +97,47 @@ def test_main_flags():
   assert r.returncode != 0 and "no_such_key" in r.stderr
 
 
-def test_eval_section_matches_evaluate_defaults():
-  # `evaluate` falls back to EVAL_DEFAULTS for configs built in code; the two must agree.
-  from scdm_jax import evaluate
-  assert load("default").eval.to_dict() == evaluate.EVAL_DEFAULTS
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_refuses_an_unknown_variant(name):
+  with pytest.raises(ValueError, match=rf"Unknown config variant.*bogus.*configs/{name}\.py"):
+    load(name, "bogus")
 
 
+# Every data field the pipeline reads; all must be settable from the command line.
+DATA_FIELDS = ("label_dir", "ds_size", "edge_radius", "random_rate", "flip", "num_examples",
+               "procedural_seed", "num_parallel_calls", "prefetch", "require_images", "root",
+               "noise", "unlabeled_to_zero", "use_instance", "class_table")
+
+
+def test_data_fields_are_in_the_schema_and_settable_on_the_command_line(tmp_path,
+                                                                        monkeypatch):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  assert set(DATA_FIELDS) <= set(load("default").data.keys())
+  # main.py's flag, on its own FlagValues; the overrides are read from sys.argv.
+  argv = ["prog", f"--config={REPO / 'configs' / 'tiny.py'}",
+          f"--config.data.label_dir={tmp_path}", "--config.data.ds_size=16",
+          "--config.data.flip=False", "--config.data.shuffle_buffer=16"]  # last: deprecated
+  monkeypatch.setattr(sys, "argv", argv)
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
+  fv(argv)
+  assert fv.config.data.label_dir == str(tmp_path) and fv.config.data.ds_size == 16
+  assert fv.config.data.flip is False and fv.config.data.shuffle_buffer == 16
+
+
+def test_deprecated_keys_warn(caplog):
+  c = load("tiny")
+  c.data.shuffle_buffer = 16
+  c.model.num_classes = 9
+  with caplog.at_level("WARNING"):
+    recipe.warn_deprecated(c)
+  assert "config.data.shuffle_buffer is deprecated" in caplog.text
+  assert "config.model.num_classes is deprecated" in caplog.text
+  assert recipe.unet_config(c).num_classes == 9  # an agreeing old value still loads
+
+
+@pytest.mark.slow
 def test_user_error_is_one_line(tmp_path):
   # A mistake the user made ends in one clear line and exit status 1, not a traceback.
   r = _main(f"--config={REPO / 'configs' / 'tiny.py'}", "--mode=export",

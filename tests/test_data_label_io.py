@@ -142,17 +142,25 @@ def test_custom_json_palettes(tmp_path):
   np.testing.assert_array_equal(t2.colors, palettes.get_class_table("ade20k").colors)
 
 
-def test_one_hot_and_colorize():
+def test_check_ids_and_colorize():
   ids = np.array([[0, 2], [-1, 1]])
-  oh = label_io.to_one_hot(ids, 3)
-  assert oh.shape == (2, 2, 3) and oh.dtype == np.float32
-  np.testing.assert_array_equal(oh.sum(-1), [[1, 1], [0, 1]])
+  assert label_io.check_ids(ids, 3).dtype == np.int32
   with pytest.raises(ValueError, match="3 \\(1 px\\)"):
-    label_io.to_one_hot(np.array([[3]]), 3)
+    label_io.check_ids(np.array([[3]]), 3)
   rgb = label_io.colorize(ids, "celebamask_hq")
   assert rgb.shape == (2, 2, 3) and tuple(rgb[0, 1]) == (76, 153, 0)
-  np.testing.assert_array_equal(label_io.colorize(oh, "celebamask_hq"), rgb)
   assert tuple(rgb[1, 0]) == (0, 0, 0)
+  with pytest.raises(TypeError, match="integer class ids"):
+    label_io.colorize(ids.astype(np.float32), "celebamask_hq")
+
+
+def test_the_one_one_hot():
+  # label_diffusion.one_hot is the only one-hot: -1 (unknown) gives the all-zero vector.
+  from scdm_jax.diffusion import label_diffusion  # pylint: disable=import-outside-toplevel
+  oh = np.asarray(label_diffusion.one_hot(np.array([[0, 2], [-1, 1]]), 3))
+  assert oh.shape == (2, 2, 3) and oh.dtype == np.float32
+  np.testing.assert_array_equal(oh.sum(-1), [[1, 1], [0, 1]])
+  np.testing.assert_array_equal(oh.argmax(-1)[0], [0, 2])
 
 
 def test_save_label_png_atomic(tmp_path):

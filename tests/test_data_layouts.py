@@ -1,5 +1,6 @@
 """Folder layouts of the four datasets on generated trees: listing, raw mapping, errors."""
 
+from conftest import data_config
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,8 +74,8 @@ def test_bad_label_file_in_pipeline_source(trees, tmp_path):
   shutil.copytree(trees["ade20k"], root)
   lab = root / "ADEChallengeData2016" / "annotations" / "training" / "ADE_train_00000001.png"
   Image.fromarray(np.full((48, 64), 200, np.uint8)).save(lab)
-  src = datasets.make_source({"name": "ade20k", "root": str(root), "image_size": 32,
-                              "num_classes": 151}, "train")
+  src = datasets.make_source(data_config(name="ade20k", root=str(root), image_size=32,
+                                           num_classes=151), "train")
   with pytest.raises(ValueError, match=r"ADE_train_00000001.png.*200 \(3072 px\)"):
     src.load(1)
 
@@ -86,12 +87,12 @@ def test_missing_folders_are_clear(tmp_path, trees):
   with pytest.raises(FileNotFoundError, match=r"train_label.*SPADE layout"):
     layouts.list_examples("coco_stuff", str(tmp_path / "empty"), "train")
   with pytest.raises(ValueError, match="data.root is empty"):
-    datasets.make_source({"name": "ade20k", "root": "", "image_size": 32}, "train")
+    datasets.make_source(data_config(name="ade20k", root="", image_size=32), "train")
   with pytest.raises(ValueError, match="unknown split"):
     layouts.list_examples("ade20k", trees["ade20k"], "dev")
   with pytest.raises(ValueError, match="num_classes=150 but ade20k has 151"):
-    datasets.make_source({"name": "ade20k", "root": trees["ade20k"], "image_size": 32,
-                          "num_classes": 150}, "train")
+    datasets.make_source(data_config(name="ade20k", root=trees["ade20k"], image_size=32,
+                                     num_classes=150), "train")
 
 
 def test_missing_image_is_reported(tmp_path, trees):

@@ -1,5 +1,6 @@
-"""create_dataset (tf.data): batch format, one-hot, edges, shards, determinism, resume, noise."""
+"""create_dataset (tf.data): batch format, class ids, edges, shards, determinism, resume, noise."""
 
+from conftest import data_config
 import numpy as np
 import pytest
 
@@ -20,11 +21,8 @@ def trees(tmp_path_factory):
 
 def _cfg(name, root="", **kw):
   spec_k = {"procedural": 9}.get(name) or layouts.get_spec(name).num_classes
-  cfg = {"name": name, "root": root, "image_size": 32, "num_classes": spec_k,
-         "use_instance": False, "noise": "none", "unlabeled_to_zero": False,
-         "shuffle_buffer": 0, "num_parallel_calls": 2}
-  cfg.update(kw)
-  return cfg
+  return data_config(**dict(dict(name=name, root=root, image_size=32, num_classes=spec_k,
+                                 num_parallel_calls=2), **kw))
 
 
 @pytest.mark.parametrize("dataset", ALL)
@@ -37,10 +35,9 @@ def test_every_layout_batches(trees, dataset, train):
                                train=train, seed=0, with_names=True)
   b = next(it)
   assert b["image"].shape == (2, 32, 32, 3) and b["image"].dtype == np.float32
-  assert b["label"].shape == (2, 32, 32, k) and b["label"].dtype == np.float32
+  assert b["label"].shape == (2, 32, 32) and b["label"].dtype == np.int32  # class ids
   assert -1.0 <= b["image"].min() and b["image"].max() <= 1.0
-  np.testing.assert_array_equal(b["label"].sum(-1), 1.0)  # one-hot, nothing unlabeled-zeroed
-  assert set(np.unique(b["label"])) <= {0.0, 1.0}
+  assert 0 <= b["label"].min() and b["label"].max() < k  # nothing unknown
   assert b["name"].shape == (2,) and isinstance(b["name"][0], bytes)
   if use_inst:
     assert b["edge"].shape == (2, 32, 32, 1) and set(np.unique(b["edge"])) <= {0.0, 1.0}
@@ -51,7 +48,7 @@ def test_every_layout_batches(trees, dataset, train):
     ex = layouts.list_examples(dataset, trees[dataset], "validation")[0]
     assert b["name"][0].decode() == ex.name
     ids = spec.raw_to_class(layouts.read_raw_label(ex.label))
-    np.testing.assert_array_equal(b["label"][0].argmax(-1), noisy.resize_nearest(ids, 32))
+    np.testing.assert_array_equal(b["label"][0], noisy.resize_nearest(ids, 32))
     if use_inst:
       inst = ids if ex.instance is None else layouts.read_raw_label(ex.instance)
       np.testing.assert_array_equal(
@@ -126,20 +123,20 @@ def test_noise_in_pipeline(trees):
   # DS: the 64x64 nearest version of the raw map, resized to S (as the reference loader).
   ds = first(noise="ds")
   np.testing.assert_array_equal(
-      ds.argmax(-1), spec.raw_to_class(noisy.resize_nearest(noisy.resize_nearest(raw, 64), 32)))
+      ds, spec.raw_to_class(noisy.resize_nearest(noisy.resize_nearest(raw, 64), 32)))
   # Edge: boundaries of the label map (ADE20K has no instances) -> class 150.
   edge = first(noise="edge")
-  ids = clean.argmax(-1)
-  np.testing.assert_array_equal(edge.argmax(-1), noisy.corrupt_edge(ids, 150))
-  # unlabeled_to_zero: corrupted and originally-unlabeled pixels become all-zero.
+  ids = clean
+  np.testing.assert_array_equal(edge, noisy.corrupt_edge(ids, 150))
+  # unlabeled_to_zero: corrupted and originally-unlabeled pixels become unknown (-1).
   edge0 = first(noise="edge", unlabeled_to_zero=True)
   mask = noisy.edge_mask(ids) | (ids == 150)
-  np.testing.assert_array_equal(edge0.sum(-1), (~mask).astype(np.float32))
-  assert edge0[..., 150].sum() == 0
+  np.testing.assert_array_equal(edge0 == -1, mask)
+  assert not (edge0 == 150).any()
   # Random: reproducible per seed, rate about 0.1 (of 1024 px).
   r1, r2 = first(noise="random"), first(noise="random")
   np.testing.assert_array_equal(r1, r2)
-  frac = (r1.argmax(-1) != ids).mean()
+  frac = (r1 != ids).mean()
   assert 0.04 < frac < 0.16
 
 
@@ -150,24 +147,29 @@ def test_noise_needs_an_unlabeled_class(trees):
   cfg["unlabeled_to_zero"] = True
   cfg["use_instance"] = True  # CelebA: edges from the label map, the *clean* one
   b = next(datasets.create_dataset(cfg, "validation", batch_size=1, train=False, seed=0))
-  assert 0.03 < (b["label"].sum(-1) == 0).mean() < 0.2
+  assert 0.03 < (b["label"] == -1).mean() < 0.2
   clean = next(datasets.create_dataset(dict(cfg, noise="none"), "validation", batch_size=1,
                                        train=False, seed=0))
   np.testing.assert_array_equal(b["edge"], clean["edge"])
   np.testing.assert_array_equal(
-      clean["edge"][0, ..., 0], noisy.boundary_map(clean["label"][0].argmax(-1)))
+      clean["edge"][0, ..., 0], noisy.boundary_map(clean["label"][0]))
 
 
 def test_procedural_train_batches_and_attribute_config():
-  class Cfg:  # any attribute object works (e.g. an ml_collections ConfigDict)
-    name, root, image_size, num_classes = "procedural", "", 24, 9
-    use_instance, noise, unlabeled_to_zero, shuffle_buffer = True, "none", False, 0
-
-  it = datasets.create_dataset(Cfg(), "train", batch_size=3, train=True, seed=7)
+  # Any attribute object works (e.g. an ml_collections ConfigDict).
+  cfg = type("Cfg", (), data_config(name="procedural", image_size=24, use_instance=True))
+  it = datasets.create_dataset(cfg(), "train", batch_size=3, train=True, seed=7)
   b = next(it)
-  assert b["image"].shape == (3, 24, 24, 3) and b["label"].shape == (3, 24, 24, 9)
+  assert b["image"].shape == (3, 24, 24, 3) and b["label"].shape == (3, 24, 24)
   assert b["edge"].shape == (3, 24, 24, 1) and b["edge"].any()
-  np.testing.assert_array_equal(b["label"].sum(-1), 1.0)
+  assert b["label"].min() >= 0
+
+
+def test_a_missing_field_names_the_schema():
+  cfg = data_config(name="procedural")
+  del cfg["flip"]
+  with pytest.raises(ValueError, match="no field 'flip'.*configs/default.py"):
+    next(datasets.create_dataset(cfg, "train", batch_size=1, train=True, seed=0))
 
 
 def test_label_dir_reads_a_corrupted_copy(trees, tmp_path):
@@ -194,28 +196,31 @@ def test_labels_only_folder(trees, tmp_path):
   shutil.rmtree(root / "test" / "images")
   cfg = _cfg("celebamask_hq", str(root), require_images=False)
   b = next(datasets.create_dataset(cfg, "validation", batch_size=5, train=False, seed=0))
-  assert (b["image"] == 0).all() and b["label"].shape == (5, 32, 32, 19)
+  assert (b["image"] == 0).all() and b["label"].shape == (5, 32, 32)
   with pytest.raises(FileNotFoundError, match="images"):
     datasets.create_dataset(_cfg("celebamask_hq", str(root)), "validation", batch_size=1,
                             train=False, seed=0)
 
 
 _WORKER = """
-import sys
+import json, sys
 from scdm_jax.data import datasets
-cfg = dict(name="procedural", image_size=8, num_classes=9, num_examples=10)
+cfg = json.loads(sys.argv[2])
 it = datasets.create_dataset(cfg, "train", batch_size=5, train=True, seed=0,
                              process_index=int(sys.argv[1]), process_count=2, with_names=True)
 print(",".join(n.decode() for n in next(it)["name"]))
 """
 
 
+@pytest.mark.slow
 def test_two_os_processes_read_disjoint_shards():
   import os  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(p)], stdout=subprocess.PIPE,
+  cfg = json.dumps(data_config(name="procedural", image_size=8, num_examples=10))
+  procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(p), cfg], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env=env) for p in range(2)]
   try:
     outs = [p.communicate(timeout=120)[0].strip().splitlines()[-1].split(",") for p in procs]
@@ -226,19 +231,6 @@ def test_two_os_processes_read_disjoint_shards():
   assert all(p.returncode == 0 for p in procs)
   # One epoch each (5 examples per shard): disjoint, together the whole split.
   assert set(outs[0]).isdisjoint(outs[1]) and len(set(outs[0]) | set(outs[1])) == 10
-
-
-def test_label_ids_match_one_hot(trees):
-  # label_ids=True (what training uses) yields the same maps as class ids, -1 = unknown.
-  cfg = _cfg("celebamask_hq", trees["celebamask_hq"], noise="random", unlabeled_to_zero=True)
-  k = cfg["num_classes"]
-  kw = dict(batch_size=2, train=True, seed=3)
-  hot = next(datasets.create_dataset(cfg, "train", **kw))
-  ids = next(datasets.create_dataset(cfg, "train", label_ids=True, **kw))
-  assert ids["label"].shape == hot["label"].shape[:-1] and ids["label"].dtype == np.int32
-  assert (ids["label"] == -1).any()
-  np.testing.assert_array_equal(datasets.one_hot_ids(ids["label"], k), hot["label"])
-  np.testing.assert_array_equal(ids["image"], hot["image"])
 
 
 def test_bad_label_file_surfaces_as_itself(tmp_path):

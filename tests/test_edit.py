@@ -2,7 +2,6 @@
 
 import functools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -11,11 +10,16 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from scdm_jax import edit
-from scdm_jax import strokes
+from conftest import load_config
+from scdm_jax import recipe
+from scdm_jax.diffusion import sdedit
+from scdm_jax.inference.editor import Editor
+from scdm_jax.io import images as image_io
+from scdm_jax.modes import edit
+from scdm_jax.tools import strokes
 from scdm_jax.diffusion import label_diffusion as ld
 from scdm_jax.diffusion.gaussian import GaussianDiffusion
-from scdm_jax.models.unet import UNet, UNetConfig
+from scdm_jax.models.unet import UNet
 
 K = 3
 SCHED = ld.LabelSchedule.create("classwise", np.array([0.5, 30.0, 900.0]), 1000)
@@ -47,16 +51,16 @@ def cond_model(x, t, c):
 @functools.lru_cache(maxsize=None)
 def _program(k0, diffusion, repeats, masked, progress):
   def run(g, cond, mask, key):
-    return edit.sdedit(oracle_apply, diffusion, SCHED, g, cond, key, start_index=k0,
-                       num_label_channels=K, mask=mask if masked else None,
-                       repeats=repeats, progress=progress)
+    return sdedit.sdedit(oracle_apply, diffusion, SCHED, g, cond, key, start_index=k0,
+                         num_label_channels=K, mask=mask if masked else None,
+                         repeats=repeats, progress=progress)
   return jax.jit(run)
 
 
 def run_sdedit(guide, t0, seed=0, diffusion=D20, repeats=1, mask=None, progress=None):
   b, h, w, _ = guide.shape
   cond = np.zeros((b, h, w, K), np.float32)
-  k0 = edit.start_index_for(diffusion, t0=t0)
+  k0 = sdedit.start_index_for(diffusion, t0=t0)
   f = _program(k0, diffusion, repeats, mask is not None, progress)
   m = np.zeros((b, h, w, 1), np.float32) if mask is None else mask
   return np.asarray(f(guide, cond, m, rkey(seed)))
@@ -66,17 +70,17 @@ def run_sdedit(guide, t0, seed=0, diffusion=D20, repeats=1, mask=None, progress=
 
 def test_t0_mapping_linear_full_chain():
   full = GaussianDiffusion.create("linear", 1000, None)
-  assert edit.start_index_for(full, t0=0.5) in (499, 500)
-  assert edit.start_index_for(full, t0=1.0) == 999
-  assert edit.start_index_for(full, t0=1e-6) == 0
+  assert sdedit.start_index_for(full, t0=0.5) in (499, 500)
+  assert sdedit.start_index_for(full, t0=1.0) == 999
+  assert sdedit.start_index_for(full, t0=1e-6) == 0
   # the table of the spec (A.5)
   for t0, ab in [(0.3, 0.396), (0.4, 0.195), (0.5, 0.079), (0.6, 0.026)]:
-    assert abs(edit.alpha_bar_for_t0(t0) - ab) < 2e-3, t0
+    assert abs(sdedit.alpha_bar_for_t0(t0) - ab) < 2e-3, t0
   ac = full.table("alphas_cumprod")
-  assert edit.alpha_bar_for_t0(0.5) == pytest.approx(ac[499], rel=1e-12)
-  assert edit.alpha_bar_for_t0(1e-9) == pytest.approx(1.0, abs=1e-9)
+  assert sdedit.alpha_bar_for_t0(0.5) == pytest.approx(ac[499], rel=1e-12)
+  assert sdedit.alpha_bar_for_t0(1e-9) == pytest.approx(1.0, abs=1e-9)
   # explicit alpha-bar overrides t0
-  assert edit.start_index_for(full, t0=0.9, alpha_bar=ac[299]) == 299
+  assert sdedit.start_index_for(full, t0=0.9, alpha_bar=ac[299]) == 299
 
 
 @pytest.mark.parametrize("schedule,respacing", [("cosine", None), ("cosine", "ddim25"),
@@ -85,19 +89,19 @@ def test_t0_mapping_picks_nearest_alpha_bar(schedule, respacing):
   d = GaussianDiffusion.create(schedule, 1000, respacing)
   ac = d.table("alphas_cumprod")
   for t0 in (0.05, 0.3, 0.5, 0.6, 0.9, 1.0):
-    target = edit.alpha_bar_for_t0(t0)
-    k = edit.start_index_for(d, t0=t0)
+    target = sdedit.alpha_bar_for_t0(t0)
+    k = sdedit.start_index_for(d, t0=t0)
     assert np.abs(ac[k] - target) == np.min(np.abs(ac - target))
   if schedule == "cosine" and respacing is None:
     # same alpha-bar, much later index than on the linear chain (spec table: t ~ 0.82)
-    assert 800 <= edit.start_index_for(d, t0=0.5) <= 840
+    assert 800 <= sdedit.start_index_for(d, t0=0.5) <= 840
 
 
 @pytest.mark.parametrize("kw", [dict(t0=0.0), dict(t0=1.5), dict(t0=None),
                                 dict(t0=0.5, alpha_bar=1.0)])
 def test_t0_errors(kw):
   with pytest.raises(ValueError, match="t0|alpha_bar"):
-    edit.start_index_for(D100, **kw)
+    sdedit.start_index_for(D100, **kw)
 
 
 # ---------------------------------------------------------------- the limits (analytic model)
@@ -127,13 +131,13 @@ def test_same_seed_same_output_and_progress():
   c = run_sdedit(GUIDE, 0.4, seed=8, repeats=2)
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
-  total = 2 * (edit.start_index_for(D20, t0=0.4) + 1)
+  total = 2 * (sdedit.start_index_for(D20, t0=0.4) + 1)
   steps = sorted({s for s, _ in calls})
   assert steps == list(range(1, total + 1)) and {t for _, t in calls} == {total}
 
 
 def test_one_program_one_scan_per_repeat():
-  f = _program(edit.start_index_for(D20, t0=0.5), D20, 3, True, None)
+  f = _program(sdedit.start_index_for(D20, t0=0.5), D20, 3, True, None)
   g = np.zeros((2, 8, 8, 3), np.float32)
   text = f.lower(g, np.zeros((2, 8, 8, K), np.float32), np.ones((2, 8, 8, 1), np.float32),
                  rkey(0)).as_text()
@@ -157,11 +161,11 @@ def test_masked_keeps_source_exactly_analytic():
 
 def test_editor_null_label_is_the_all_zero_condition():
   d = GaussianDiffusion.create("linear", 1000, "ddim25")
-  ed = edit.Editor(cond_model, d, SCHED, num_classes=K, guidance_scale=2.0)
+  ed = Editor(cond_model, d, SCHED, num_classes=K, guidance_scale=2.0)
   guide = np.random.default_rng(1).integers(0, 256, (3, 8, 8, 3)).astype(np.uint8)
   none = ed.sdedit(guide, label=None, t0=0.3, seed=rkey(1))
   assert ed.mesh.devices.size == 8  # 3 rows padded to 8, split over the 8 devices
-  ed1 = edit.Editor(cond_model, d, SCHED, num_classes=K, guidance_scale=1.0)
+  ed1 = Editor(cond_model, d, SCHED, num_classes=K, guidance_scale=1.0)
   unknown = ed1.sdedit(guide, label=np.full((3, 8, 8), -1, np.int32), t0=0.3, seed=rkey(1))
   np.testing.assert_array_equal(none, unknown)
   labelled = ed1.sdedit(guide, label=np.ones((8, 8), np.int32), t0=0.3, seed=rkey(1))
@@ -192,17 +196,17 @@ def test_mask_formats(tmp_path):
   m = np.zeros((6, 5), np.uint8)
   m[1:3, 2:4] = 1
   want = m.astype(np.float32)
-  np.testing.assert_array_equal(edit.load_mask(m), want)
-  np.testing.assert_array_equal(edit.load_mask(m * 255), want)
-  np.testing.assert_array_equal(edit.load_mask(m.astype(bool)), want)
-  np.testing.assert_array_equal(edit.load_mask(m[..., None].astype(np.float32)), want)
+  np.testing.assert_array_equal(image_io.load_mask(m), want)
+  np.testing.assert_array_equal(image_io.load_mask(m * 255), want)
+  np.testing.assert_array_equal(image_io.load_mask(m.astype(bool)), want)
+  np.testing.assert_array_equal(image_io.load_mask(m[..., None].astype(np.float32)), want)
   for mode, arr in [("L", m * 255), ("L", m), ("1", m * 255)]:
     p = str(tmp_path / f"m_{mode}_{arr.max()}.png")
     Image.fromarray(arr).convert(mode).save(p)
-    np.testing.assert_array_equal(edit.load_mask(p), want)
+    np.testing.assert_array_equal(image_io.load_mask(p), want)
   p = str(tmp_path / "rgb.png")
   Image.fromarray(np.repeat((m * 255)[..., None], 3, -1)).save(p)
-  np.testing.assert_array_equal(edit.load_mask(p), want)
+  np.testing.assert_array_equal(image_io.load_mask(p), want)
 
 
 def test_mask_errors(tmp_path):
@@ -211,20 +215,20 @@ def test_mask_errors(tmp_path):
   p = str(tmp_path / "soft_mask.png")
   Image.fromarray(bad).save(p)
   with pytest.raises(ValueError, match=r"soft_mask\.png.*found 0, 128, 255"):
-    edit.load_mask(p)
+    image_io.load_mask(p)
   with pytest.raises(ValueError, match=r"<mask array>.*found 0, 0.5, 1"):
-    edit.load_mask(np.array([[0, 0.5], [1, 1]]))
+    image_io.load_mask(np.array([[0, 0.5], [1, 1]]))
   with pytest.raises(ValueError, match="found 0, 1, 255"):
-    edit.load_mask(np.array([[0, 1], [255, 1]]))
+    image_io.load_mask(np.array([[0, 1], [255, 1]]))
   col = np.zeros((4, 4, 3), np.uint8)
   col[0, 0] = (255, 0, 0)
   Image.fromarray(col).save(str(tmp_path / "c.png"))
   with pytest.raises(ValueError, match=r"c\.png.*colour"):
-    edit.load_mask(str(tmp_path / "c.png"))
+    image_io.load_mask(str(tmp_path / "c.png"))
 
 
 def test_size_and_range_errors():
-  ed = edit.Editor(cond_model, D100, SCHED, num_classes=K)
+  ed = Editor(cond_model, D100, SCHED, num_classes=K)
   src = np.zeros((1, 16, 16, 3), np.uint8)
   with pytest.raises(ValueError, match=r"source is 16x16.*mask is 8x8"):
     ed.masked_edit(src, np.zeros((8, 8), np.uint8))
@@ -256,40 +260,32 @@ def test_stroke_simulator(tmp_path):
   assert len(np.unique(sk.reshape(-1, 3), axis=0)) == 2
   out = str(tmp_path / "m.png")
   assert strokes.main(["box-mask", out, "--size", "16", "--box", "2,3,10,12"]) == 0
-  m = edit.load_mask(out)
+  m = image_io.load_mask(out)
   assert m.sum() == 8 * 9 and m[3, 2] == 1 and m[12, 10] == 0
   Image.fromarray(img).save(str(tmp_path / "i.png"))
   assert strokes.main(["strokes", str(tmp_path / "i.png"), str(tmp_path / "s.png")]) == 0
-  assert edit.load_image(str(tmp_path / "s.png")).shape == (32, 32, 3)
+  assert image_io.load_image(str(tmp_path / "s.png")).shape == (32, 32, 3)
 
 
 def test_dilate_mask():
   m = np.zeros((2, 7, 7), np.float32)
   m[0, 3, 3] = 1
-  d = edit.dilate_mask(m, 1)
+  d = image_io.dilate_mask(m, 1)
   assert d[0].sum() == 9 and d[0, 2:5, 2:5].all() and d[1].sum() == 0
-  assert edit.dilate_mask(m, 2)[0].sum() == 25
+  assert image_io.dilate_mask(m, 2)[0].sum() == 25
 
 
 # ---------------------------------------------------------------- --mode edit end to end
 
 def test_run_edit_masked_end_to_end(tmp_path):
-  import ml_collections
   from scdm_jax import checkpointing
-  from scdm_jax import train as train_lib
   from scdm_jax.data import label_io
-  here = os.path.dirname(os.path.abspath(__file__))
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "tiny_cfg", os.path.join(here, "..", "configs", "tiny.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config()
+  config = load_config("tiny")
   config.diffusion.label_schedule = "uniform"  # no psi statistics needed
-  params = tiny_unet_params(UNetConfig(**config.model.to_dict()))
+  params = tiny_unet_params(recipe.unet_config(config))
   export = str(tmp_path / "export")
   checkpointing.save_export(export, params, json.loads(json.dumps(
-      train_lib.run_meta(config, None))))
+      recipe.run_meta(config, None))))
 
   rng = np.random.default_rng(0)
   src = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
@@ -299,14 +295,14 @@ def test_run_edit_masked_end_to_end(tmp_path):
   Image.fromarray(mask).save(str(tmp_path / "mask.png"))
   label_io.save_label_png(str(tmp_path / "lab.png"), rng.integers(0, 9, (16, 16)))
   config.sample.checkpoint = export
-  config.edit = ml_collections.ConfigDict(dict(
-      edit.EDIT_DEFAULTS, guide=str(tmp_path / "img.png"), mask=str(tmp_path / "mask.png"),
+  config.edit.update(dict(
+      guide=str(tmp_path / "img.png"), mask=str(tmp_path / "mask.png"),
       label=str(tmp_path / "lab.png"), t0=1.0, respacing="5", dilate=1, num_samples=2,
       output_dir=str(tmp_path / "out")))
-  res = edit.run_edit(config, str(tmp_path))
+  res = edit.run(config, str(tmp_path))
   assert res["count"] == 1 and res["masked"] and res["start_index"] == 4
-  used = edit.load_mask(str(tmp_path / "out" / "masks" / "img.png"))
-  np.testing.assert_array_equal(used, edit.dilate_mask(mask / 255, 1))
+  used = image_io.load_mask(str(tmp_path / "out" / "masks" / "img.png"))
+  np.testing.assert_array_equal(used, image_io.dilate_mask(mask / 255, 1))
   keep = used == 0
   outs = [np.asarray(Image.open(str(tmp_path / "out" / f"sample_{j}" / "img.png")))
           for j in (0, 1)]
@@ -320,7 +316,7 @@ def test_run_edit_masked_end_to_end(tmp_path):
   label_io.save_label_png(str(tmp_path / "small.png"), np.zeros((8, 8), np.int32))
   config.edit.label = str(tmp_path / "small.png")
   with pytest.raises(ValueError, match=r"img\.png is 16x16.*small\.png is 8x8"):
-    edit.run_edit(config, str(tmp_path))
+    edit.run(config, str(tmp_path))
 
 
 def test_relabel_cli(tmp_path):
@@ -337,14 +333,3 @@ def test_relabel_cli(tmp_path):
   want[:3, :2] = 3  # water
   assert rep.mode == "palette"
   np.testing.assert_array_equal(got, want)
-
-
-def test_config_edit_section_matches_defaults():
-  import importlib.util
-  here = os.path.dirname(os.path.abspath(__file__))
-  spec = importlib.util.spec_from_file_location(
-      "default_cfg", os.path.join(here, "..", "configs", "default.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config()
-  assert config.edit.to_dict() == edit.EDIT_DEFAULTS

@@ -1,31 +1,25 @@
-"""`evaluate(config, workdir)` (--mode evaluate): writes its JSON; refuses bad inputs."""
+"""`--mode evaluate` (`modes.evaluate.run`): writes its JSON; refuses bad inputs."""
 
-import importlib.util
 import json
 import pathlib
 
-import ml_collections
+from conftest import load_config
 import numpy as np
 from PIL import Image
 import pytest
 
-from scdm_jax import evaluate as evaluate_lib
+from scdm_jax.modes import evaluate as evaluate_lib
 from scdm_jax.evaluation import inception
 from scdm_jax.evaluation import lpips
 from scdm_jax.evaluation import proxy
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32  # LPIPS' AlexNet needs >= 31 px
 NAMES = [f"procedural_validation_{i:06d}" for i in range(4)]
 
 
 def tiny_config(tmp):
-  spec = importlib.util.spec_from_file_location("tiny_cfg", REPO / "configs" / "tiny.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config()
+  config = load_config("tiny")
   config.data.image_size = SIZE
-  config.eval = ml_collections.ConfigDict(dict(evaluate_lib.EVAL_DEFAULTS))
   config.eval.output = str(tmp / "eval" / "report.json")
   return config
 
@@ -94,7 +88,7 @@ def test_evaluate_writes_json_with_all_metrics(files, monkeypatch):
   config.eval.kid_subsets = 5
   config.eval.fid_stats = str(files["tmp"] / "ref_stats.npz")  # written on first use
   config.eval.batch_size = 4
-  rep = evaluate_lib.evaluate(config, str(files["tmp"]))
+  rep = evaluate_lib.run(config, str(files["tmp"]))
   on_disk = json.loads(pathlib.Path(config.eval.output).read_text())
   assert on_disk["metrics"] == rep["metrics"]
   m = on_disk["metrics"]
@@ -123,7 +117,7 @@ def test_auto_metrics_proxy_only_default_workdir_layout(files, tmp_path):
   (workdir / "samples").mkdir(parents=True)
   import shutil
   shutil.copytree(files["samples"] / "sample_1", workdir / "samples" / "sample_0")
-  rep = evaluate_lib.evaluate(config, str(workdir))
+  rep = evaluate_lib.run(config, str(workdir))
   assert set(rep["metrics"]) == {"proxy_miou", "proxy_fd"}
   assert rep["metrics"]["proxy_fd"] > 0
   assert (workdir / "eval" / "report.json").is_file()
@@ -132,24 +126,24 @@ def test_auto_metrics_proxy_only_default_workdir_layout(files, tmp_path):
 def test_clear_errors(files, tmp_path):
   config = tiny_config(tmp_path)
   with pytest.raises(ValueError, match="no weights are configured"):
-    evaluate_lib.evaluate(config, str(tmp_path))
+    evaluate_lib.run(config, str(tmp_path))
   config.eval.proxy_weights = str(files["proxy"])
   with pytest.raises(FileNotFoundError, match="Sample folder not found"):
-    evaluate_lib.evaluate(config, str(tmp_path / "nowhere"))
+    evaluate_lib.run(config, str(tmp_path / "nowhere"))
   config.eval.samples_dir = str(files["samples"])
   config.eval.proxy_weights = str(tmp_path / "missing.npz")
   with pytest.raises(FileNotFoundError, match="missing.npz"):
-    evaluate_lib.evaluate(config, str(tmp_path))
+    evaluate_lib.run(config, str(tmp_path))
   bad = tmp_path / "corrupt.npz"
   bad.write_bytes(b"\x00" * 100)
   config.eval.proxy_weights = str(bad)
   with pytest.raises(ValueError, match="not a readable npz"):
-    evaluate_lib.evaluate(config, str(tmp_path))
+    evaluate_lib.run(config, str(tmp_path))
   config.eval.proxy_weights = ""
   config.eval.metrics = "fid"
   config.eval.inception_weights = str(files["proxy"])  # the wrong network
   with pytest.raises(ValueError, match="Inception weights file .*proxy.npz"):
-    evaluate_lib.evaluate(config, str(tmp_path))
+    evaluate_lib.run(config, str(tmp_path))
   config.eval.metrics = "fdi"
   with pytest.raises(ValueError, match="unknown metric"):
-    evaluate_lib.evaluate(config, str(tmp_path))
+    evaluate_lib.run(config, str(tmp_path))

@@ -1,4 +1,4 @@
-"""gs:// workdirs: every non-orbax write and existence check goes through `scdm_jax.fileio`.
+"""gs:// workdirs: every non-orbax write and existence check goes through `scdm_jax.io.fileio`.
 
 GCS cannot be reached here, so the test points fileio's one epath seam at a local folder
 (`gs://bucket/x` -> `<tmp>/store/bucket/x`) and checks that files land there and that no
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from etils import epath
 
-from scdm_jax import atomic
-from scdm_jax import fileio
-from scdm_jax import logging_utils
+from scdm_jax.data import label_io
+from scdm_jax.io import atomic
+from scdm_jax.io import fileio
+from scdm_jax.io import images as image_io
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def fake_gcs(tmp_path, monkeypatch):
 
 def test_url_writes_reach_the_store(fake_gcs, tmp_path):
   atomic.write_json("gs://bucket/run/report.json", {"fid": 1.5})
-  logging_utils.save_png("gs://bucket/run/images/grid.png", np.zeros((4, 4, 3), np.uint8))
+  image_io.save_png("gs://bucket/run/images/grid.png", np.zeros((4, 4, 3), np.uint8))
   atomic.write_npz("gs://bucket/run/stats.npz", {"mu": np.arange(3.0)})
 
   assert json.loads((fake_gcs / "bucket/run/report.json").read_text()) == {"fid": 1.5}
@@ -58,3 +59,18 @@ def test_local_paths_unchanged(tmp_path):
   assert fileio.absolute("gs://b/x") == "gs://b/x"
   fileio.makedirs(tmp_path / "a" / "b")
   assert fileio.isdir(tmp_path / "a" / "b") and fileio.listdir(tmp_path / "a") == ["b"]
+
+
+def test_url_reads_list_images_masks_and_labels(fake_gcs):
+  # Sampling and editing read their PNGs through fileio too, so gs:// inputs work.
+  image_io.save_png("gs://bucket/in/a.png", np.full((4, 4, 3), 255, np.uint8))
+  image_io.save_png("gs://bucket/in/b.png", np.zeros((4, 4, 3), np.uint8))
+  files = fileio.list_images("gs://bucket/in", "config.sample.source")
+  assert files == ["gs://bucket/in/a.png", "gs://bucket/in/b.png"]
+  np.testing.assert_array_equal(image_io.load_mask(files[0]), np.ones((4, 4)))
+  assert image_io.load_image(files[1]).min() == -1.0
+  label_io.save_label_png("gs://bucket/in/lab.png", np.eye(4, dtype=np.int64))
+  ids, _ = label_io.load_label_map("gs://bucket/in/lab.png", num_classes=2)
+  np.testing.assert_array_equal(ids, np.eye(4))
+  with pytest.raises(FileNotFoundError, match="config.edit.guide='gs://bucket/none'"):
+    fileio.list_images("gs://bucket/none", "config.edit.guide")

@@ -3,16 +3,18 @@ path against fake gcloud/srun/python executables (nothing leaves this machine)."
 
 import os
 import pathlib
+import re
 import shlex
 import stat
 import subprocess
 
+from conftest import load_config
 import pytest
 
 LAUNCH = pathlib.Path(__file__).resolve().parent.parent / "launch"
 SCRIPTS = sorted(LAUNCH.glob("*.sh")) + sorted(LAUNCH.glob("*.sbatch"))
 TPU_ENV = {"TPU_NAME": "scdm-test", "ZONE": "us-central2-b", "PROJECT": "my-proj",
-           "ACCELERATOR_TYPE": "v4-32", "CONFIG": "configs/ade20k.py:tiny",
+           "ACCELERATOR_TYPE": "v4-32", "CONFIG": "configs/ade20k.py:runlocal",
            "WORKDIR": "gs://bucket/runs/ade20k"}
 
 
@@ -29,6 +31,24 @@ def _dry(script, **overrides):
   r = _run(script, env)
   assert r.returncode == 0, r.stderr
   return r.stdout
+
+
+def _check_command(out: str) -> None:
+  """Loads the config the printed `python -m scdm_jax.main` command names (with its variant)
+  and checks that every `--config.KEY=VALUE` override names a key of it."""
+  # The command as printed, up to the end of the remote --command string or the line.
+  command = re.search(r"python -m scdm_jax\.main[^'\n;&]*", out).group(0)
+  argv = shlex.split(command)
+  spec = argv[argv.index("--config") + 1]
+  path, _, variant = spec.partition(":")
+  config = load_config(pathlib.Path(path).stem, variant or None)
+  for arg in argv:
+    if arg.startswith("--config."):
+      *keys, last = arg[len("--config."):].split("=")[0].split(".")
+      node = config
+      for k in keys:
+        node = node[k]
+      assert last in node, f"{arg}: no such config key"
 
 
 def _executable(path, text):
@@ -76,11 +96,22 @@ def test_train_dry_run():
   out = _dry("tpu_train.sh")
   assert "gcloud compute tpus tpu-vm ssh scdm-test" in out and "--worker=all" in out
   assert "export SCDM_DISTRIBUTED=1" in out
-  assert ("python -m scdm_jax.main --config configs/ade20k.py:tiny "
+  assert ("python -m scdm_jax.main --config configs/ade20k.py:runlocal "
           "--workdir gs://bucket/runs/ade20k --mode train") in out
-  out = _dry("tpu_train.sh", MODE="sample", EXTRA_ARGS="--config.sample.num_steps=25",
+  _check_command(out)
+  out = _dry("tpu_train.sh", MODE="sample", EXTRA_ARGS="--config.sample.respacing=ddim50",
              DETACH="1")
-  assert "--mode sample --config.sample.num_steps=25" in out and "nohup" in out
+  assert "--mode sample --config.sample.respacing=ddim50" in out and "nohup" in out
+  _check_command(out)
+
+
+def test_command_check_catches_a_wrong_command():
+  # What the launch tests rely on: a made-up variant or key fails the check.
+  with pytest.raises(ValueError, match="Unknown config variant"):
+    _check_command("python -m scdm_jax.main --config configs/ade20k.py:tiny --mode train")
+  with pytest.raises(AssertionError, match="no such config key"):
+    _check_command("python -m scdm_jax.main --config configs/ade20k.py "
+                   "--config.sample.num_steps=25")
 
 
 def test_fetch_and_delete_dry_run():
@@ -162,6 +193,7 @@ def test_slurm_dry_run():
   assert "srun --nodes=3 --ntasks-per-node=4 --ntasks=12" in r.stdout
   assert ("python -m scdm_jax.main --config configs/ade20k.py --workdir /shared/runs/a "
           "--mode train") in r.stdout
+  _check_command(r.stdout)
   r = _run("slurm_train.sbatch", dict(env, PROCS_PER="node"))
   assert "--ntasks-per-node=1 --ntasks=3" in r.stdout
   assert "JAX_LOCAL_DEVICE_IDS=0,1,2,3" in r.stdout

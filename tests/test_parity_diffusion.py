@@ -15,6 +15,7 @@ from scdm_jax.parity import gaussian_diffusion as gd_check
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_cli_passes_on_reference_fixtures(fixtures_dir):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   r = subprocess.run(

@@ -50,12 +50,12 @@ def _random_export(path: pathlib.Path) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from scdm_jax import checkpointing  # pylint: disable=import-outside-toplevel
-  from scdm_jax import train as train_lib  # pylint: disable=import-outside-toplevel
+  from scdm_jax import recipe  # pylint: disable=import-outside-toplevel
   from scdm_jax.config_files import load_sibling  # pylint: disable=import-outside-toplevel
-  from scdm_jax.models.unet import UNet, UNetConfig  # pylint: disable=import-outside-toplevel
+  from scdm_jax.models.unet import UNet  # pylint: disable=import-outside-toplevel
   config = load_sibling(str(ROOT / "configs" / "tiny.py"), "tiny").get_config()
   config.diffusion.label_schedule = "uniform"  # no psi statistics to compute
-  cfg = UNetConfig(**config.model.to_dict())
+  cfg = recipe.unet_config(config)  # num_classes comes from config.data
   abstract = nnx.state(nnx.eval_shape(lambda: UNet(cfg, rngs=nnx.Rngs(0))), nnx.Param)
   rng = np.random.default_rng(0)
 
@@ -66,7 +66,7 @@ def _random_export(path: pathlib.Path) -> None:
 
   params = jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(abstract))
   checkpointing.save_export(str(path), params,
-                            json.loads(json.dumps(train_lib.run_meta(config, None))))
+                            json.loads(json.dumps(recipe.run_meta(config, None))))
 
 
 def _start(export: pathlib.Path, *overrides: str):

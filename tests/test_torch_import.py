@@ -37,7 +37,8 @@ def _write_config(tmp_path, ref_cfg: UNetConfig, num_classes: int):
 
 
 def test_convert_cli_end_to_end(tmp_path, fixtures_dir):
-  from scdm_jax import checkpointing, convert
+  from scdm_jax import checkpointing
+  from scdm_jax.tools import convert
 
   data = _fixture(fixtures_dir)
   cfg = UNetConfig.from_reference_kwargs(str(data["config"]))

@@ -1,11 +1,10 @@
 """End-to-end training tests on the tiny config (8 forced CPU devices).
 
-The train step is compiled once per process and reused across calls of
-`train_and_evaluate` with the same model/optimizer/batch (train._COMPILED), so the tests
-share one compilation where they can.
+A repeated compile of the same train step (resume within one process, or in the
+subprocesses) is served by jax's persistent compilation cache that conftest.py configures;
+there is no program cache of our own.
 """
 
-import importlib.util
 import os
 import pathlib
 import re
@@ -14,15 +13,18 @@ import subprocess
 import sys
 import time
 
+from conftest import load_config
 import jax
 import numpy as np
 import pytest
 
 from scdm_jax import checkpointing
-from scdm_jax import sample as sample_lib
+from scdm_jax import recipe
 from scdm_jax import sharding
 from scdm_jax import state as state_lib
-from scdm_jax import train
+from scdm_jax.inference import loading
+from scdm_jax.modes import train
+from scdm_jax.training import step as step_lib
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -30,21 +32,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**overrides):
-  spec = importlib.util.spec_from_file_location("tiny_cfg", REPO / "configs" / "tiny.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config()
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return config
+  return load_config("tiny", **overrides)
 
 
 def _params(workdir, config, ema=False):
-  params, meta, step = sample_lib.load_train_params(
+  params, meta, step = loading.load_train_params(
       config, os.path.join(workdir, "checkpoints"), use_ema=ema)
   return params, meta, step
 
@@ -60,11 +52,11 @@ def _assert_trees_equal(a, b):
 def test_resume_equals_uninterrupted(tmp_path):
   straight = str(tmp_path / "straight")
   resumed = str(tmp_path / "resumed")
-  s3 = train.train_and_evaluate(tiny_config(), straight)
+  s3 = train.run(tiny_config(), straight)
   assert s3["step"] == 3
-  s2 = train.train_and_evaluate(tiny_config(**{"train.total_steps": 2}), resumed)
+  s2 = train.run(tiny_config(**{"train.total_steps": 2}), resumed)
   assert s2["step"] == 2
-  s23 = train.train_and_evaluate(tiny_config(), resumed)
+  s23 = train.run(tiny_config(), resumed)
   assert s23["start_step"] == 2 and s23["step"] == 3
   assert s23["train_loss"] == s3["train_loss"]
   cfg = tiny_config()
@@ -74,26 +66,25 @@ def test_resume_equals_uninterrupted(tmp_path):
   _assert_trees_equal(_params(straight, cfg, ema=True)[0], _params(resumed, cfg, ema=True)[0])
   assert meta_a["data_pos"] == meta_b["data_pos"] == 3
   # Nothing left to do: a further call returns immediately.
-  assert train.train_and_evaluate(tiny_config(), resumed)["step"] == 3
+  assert train.run(tiny_config(), resumed)["step"] == 3
 
 
 def test_one_vs_eight_devices_same_loss():
   """The same global batch on a 1-device mesh and an 8-device (data x fsdp) mesh."""
   config = tiny_config(**{"mesh.fsdp_min_size": 1024})
-  psi = train.resolve_psi(config)
-  diffusion = train.make_diffusion(config)
-  schedule = train.make_label_schedule(config, psi)
+  psi = recipe.resolve_psi(config)
+  diffusion = recipe.make_diffusion(config)
+  schedule = recipe.make_label_schedule(config, psi)
   rng = np.random.default_rng(0)
   b, s, k = 8, 16, config.data.num_classes
-  ids = rng.integers(0, k, (b, s, s))
-  host_batch = {"image": rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32),
-                "label": (ids[..., None] == np.arange(k)).astype(np.float32)}
+  ids = rng.integers(0, k, (b, s, s)).astype(np.int32)
+  host_batch = {"image": rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32), "label": ids}
   losses, params = [], []
   for devices, mesh_cfg in (([jax.devices()[0]], {"data": 1, "fsdp": 1}),
                             (jax.devices(), {"data": 2, "fsdp": 4})):
     mesh = sharding.make_mesh(mesh_cfg, devices=devices)
     graphs, st, shardings = state_lib.create_train_state(config, mesh, 0)
-    step = train.make_train_step(config, graphs, diffusion, schedule, mesh)
+    step = step_lib.make_train_step(config, graphs, diffusion, schedule, mesh)
     bsh = sharding.batch_sharding(mesh)
     fn = jax.jit(step, in_shardings=(shardings, bsh), out_shardings=(shardings, None))
     batch = sharding.device_put_tree(host_batch, {"image": bsh, "label": bsh})
@@ -116,8 +107,8 @@ def test_label_schedule_reaches_the_model():
   block start at zero, so the label reaches the output only once those have moved (the
   first two losses are the same for every schedule)."""
   config = tiny_config()
-  psi = train.resolve_psi(config)
-  diffusion = train.make_diffusion(config)
+  psi = recipe.resolve_psi(config)
+  diffusion = recipe.make_diffusion(config)
   rng = np.random.default_rng(1)
   b, s, k = 8, 16, config.data.num_classes
   ids = rng.integers(0, k, (b, s, s)).astype(np.int32)
@@ -128,8 +119,8 @@ def test_label_schedule_reaches_the_model():
   losses = {}
   for name, kind in (("none", "none"), ("none_again", "none"), ("uniform", "uniform")):
     graphs, st, shardings = state_lib.create_train_state(config, mesh, 0)
-    schedule = train.make_label_schedule(config, psi, kind=kind)
-    step = train.make_train_step(config, graphs, diffusion, schedule, mesh)
+    schedule = recipe.make_label_schedule(config, psi, kind=kind)
+    step = step_lib.make_train_step(config, graphs, diffusion, schedule, mesh)
     fn = jax.jit(step, in_shardings=(shardings, bsh), out_shardings=(shardings, None))
     losses[name] = []
     for _ in range(4):
@@ -151,6 +142,7 @@ def _env(devices=8):
   return env
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_loses_at_most_uncheckpointed_steps(tmp_path):
   workdir = tmp_path / "killed"
   ckdir = workdir / "checkpoints"
@@ -175,13 +167,13 @@ def test_kill9_then_resume_loses_at_most_uncheckpointed_steps(tmp_path):
     proc.wait()
   finished = sorted(int(p) for p in os.listdir(ckdir) if p.isdigit())
   last = finished[-1]
-  # Resume in this process (reuses the compiled step) for one more step.
-  summary = train.train_and_evaluate(tiny_config(**{"train.total_steps": last + 1}),
-                                     str(workdir))
+  # Resume in this process (the persistent cache serves the compiled step).
+  summary = train.run(tiny_config(**{"train.total_steps": last + 1}), str(workdir))
   assert summary["start_step"] == last  # only steps after the last checkpoint were lost
   assert summary["step"] == last + 1
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits(tmp_path):
   workdir = tmp_path / "term"
   log = tmp_path / "term.log"
@@ -212,10 +204,45 @@ def test_sigterm_saves_and_exits(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
   workdir = str(tmp_path / "nan")
-  train.train_and_evaluate(tiny_config(**{"train.total_steps": 1}), workdir)
+  train.run(tiny_config(**{"train.total_steps": 1}), workdir)
   with pytest.raises(FloatingPointError, match="last good checkpoint"):
-    train.train_and_evaluate(tiny_config(**{"train.total_steps": 3, "optim.lr": float("nan")}),
-                             workdir)
+    train.run(tiny_config(**{"train.total_steps": 3, "optim.lr": float("nan")}), workdir)
   ck = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"))
   assert ck.all_steps() == [1]
   ck.close()
+
+
+def test_train_step_does_not_retrace_for_a_new_batch():
+  """A changed batch with the same shapes reuses the compiled step (one trace)."""
+  config = tiny_config()
+  mesh = sharding.make_mesh({"data": 8, "fsdp": 1})
+  graphs, st, shardings = state_lib.create_train_state(config, mesh, 0)
+  step = step_lib.make_train_step(config, graphs, recipe.make_diffusion(config),
+                                  recipe.make_label_schedule(config, recipe.resolve_psi(config)),
+                                  mesh)
+  traces = []
+
+  def counted(state, batch):
+    traces.append(1)  # runs only while tracing
+    return step(state, batch)
+
+  bsh = sharding.batch_sharding(mesh)
+  fn = jax.jit(counted, in_shardings=(shardings, bsh), out_shardings=(shardings, None),
+               donate_argnums=(0,))
+  rng = np.random.default_rng(2)
+  for _ in range(3):
+    host = {"image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
+            "label": rng.integers(-1, 9, (8, 16, 16)).astype(np.int32)}
+    st, _ = fn(st, sharding.device_put_tree(host, {"image": bsh, "label": bsh}))
+  assert len(traces) == 1
+
+
+def test_model_num_classes_is_derived():
+  config = tiny_config()
+  assert config.model.num_classes is None
+  assert recipe.unet_config(config).num_classes == 9
+  assert recipe.unet_config(tiny_config(**{"data.use_instance": True})).num_classes == 10
+  # The old key still loads when it agrees, and is refused when it contradicts the data.
+  assert recipe.unet_config(tiny_config(**{"model.num_classes": 9})).num_classes == 9
+  with pytest.raises(ValueError, match="config.model.num_classes=12 contradicts"):
+    recipe.unet_config(tiny_config(**{"model.num_classes": 12}))

@@ -8,9 +8,8 @@ See docs/data.md.
 from scdm_jax.data.datasets import create_dataset
 from scdm_jax.data.label_io import colorize
 from scdm_jax.data.label_io import load_label_map
-from scdm_jax.data.label_io import to_one_hot
 from scdm_jax.data.palettes import ClassTable
 from scdm_jax.data.palettes import get_class_table
 
-__all__ = ["create_dataset", "load_label_map", "to_one_hot", "colorize", "ClassTable",
+__all__ = ["create_dataset", "load_label_map", "colorize", "ClassTable",
            "get_class_table"]

@@ -20,11 +20,12 @@ import sys
 
 import numpy as np
 
-from scdm_jax import atomic
 from scdm_jax.data import layouts
 from scdm_jax.data import palettes
 from scdm_jax.data import procedural
-from scdm_jax.data.progress import progress
+from scdm_jax.diffusion.label_diffusion import psi_from_statistics
+from scdm_jax.io import atomic
+from scdm_jax.io.progress import progress
 
 
 def accumulate(label_maps, num_classes: int, total: int | None = None, quiet: bool = False
@@ -64,7 +65,6 @@ def _label_maps(dataset: str, root: str | None, split: str, limit: int | None):
 def run(dataset: str, root: str | None, out: str, *, split: str = "train",
         limit: int | None = None, absent_value: float = 0.5, quiet: bool = False) -> dict:
   """Scans the labels, writes psi (.npy) and the histogram (.json); returns both."""
-  from scdm_jax.diffusion.label_diffusion import psi_from_statistics  # pylint: disable=import-outside-toplevel
   table = palettes.get_class_table(dataset)
   maps, n = _label_maps(dataset, root, split, limit)
   stats = accumulate(maps, table.num_classes, total=n, quiet=quiet)

@@ -28,10 +28,10 @@ import zlib
 
 import numpy as np
 
-from scdm_jax import atomic
+from scdm_jax.io import atomic
 from scdm_jax.data import layouts
 from scdm_jax.data import noisy
-from scdm_jax.data.progress import progress
+from scdm_jax.io.progress import progress
 
 
 def corrupt_raw(raw: np.ndarray, variant: str, *, unlabeled: int, instance=None, size: int = 256,

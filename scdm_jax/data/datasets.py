@@ -19,7 +19,6 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 
@@ -29,33 +28,20 @@ from scdm_jax.data import palettes
 from scdm_jax.data import procedural
 from scdm_jax.data import transforms
 
-# Defaults of the optional data_config fields (everything beyond the architecture contract).
-DEFAULTS: dict[str, Any] = {
-    "root": "",
-    "use_instance": False,
-    "noise": "none",
-    "unlabeled_to_zero": False,
-    "shuffle_buffer": 0,  # unused: every epoch is a full permutation of the shard
-    "num_examples": 0,  # procedural: examples in the train split (0 = 1024); others: 0 = all
-    "procedural_seed": 0,  # procedural: content seed (independent of the training seed)
-    "random_rate": noisy.RANDOM_RATE,
-    "ds_size": noisy.DS_SIZE,
-    "edge_radius": noisy.EDGE_RADIUS,
-    "flip": True,
-    "num_parallel_calls": -1,  # -1 = tf.data.AUTOTUNE
-    "prefetch": 2,  # batches
-    "label_dir": "",  # read labels from here instead (e.g. a `corrupt` copy), matched by name
-    "require_images": True,  # False: labels-only folders; the image is then all-zero
-}
+def _get(cfg, name: str):
+  """Field `name` of a data config (ConfigDict, dict or attribute object).
 
+  There are no defaults here: the schema, with every default and its comment, is
+  `configs/default.py` (`config.data`); build data configs from it.
 
-def _get(cfg, name: str, default=None):
-  if isinstance(cfg, dict):
-    return cfg.get(name, DEFAULTS.get(name, default))
+  Raises:
+    ValueError: the field is missing.
+  """
   try:
-    return getattr(cfg, name)
+    return cfg[name] if isinstance(cfg, dict) else getattr(cfg, name)
   except (AttributeError, KeyError):
-    return DEFAULTS.get(name, default)
+    raise ValueError(f"the data config has no field {name!r}: start it from "
+                     "configs/default.py (config.data), which lists every field") from None
 
 
 def import_tf():
@@ -302,27 +288,15 @@ class IndexMap:
     return int(self.shard[self._perm[pos]]), epoch
 
 
-def index_stream(n: int, *, train: bool, seed: int, process_index: int, process_count: int,
-                 start_example: int = 0) -> Iterator[tuple[int, int]]:
-  """Yields (example index, epoch) for this host (finite when not training)."""
-  imap = IndexMap(n, train=train, seed=seed, process_index=process_index,
-                  process_count=process_count)
-  k = start_example
-  while train or k < len(imap):
-    yield imap(k)
-    k += 1
-
-
 def create_dataset(data_config, split: str, *, batch_size: int, train: bool, seed: int,
                    process_index: int = 0, process_count: int = 1, start_step: int = 0,
-                   drop_remainder: bool | None = None, with_names: bool = False,
-                   label_ids: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                   drop_remainder: bool | None = None, with_names: bool = False
+                   ) -> Iterator[dict[str, np.ndarray]]:
   """Batches of one host's shard as numpy dicts.
 
   Args:
-    data_config: ConfigDict/attribute object/dict with `name`, `root`, `image_size`,
-      `num_classes`, `use_instance`, `noise`, `unlabeled_to_zero`, `shuffle_buffer` and the
-      optional fields of `DEFAULTS`.
+    data_config: `config.data` (ConfigDict, dict or attribute object) with every field of
+      configs/default.py's data section.
     split: "train" | "validation" (| "test").
     batch_size: per-process batch size.
     train: augmentation + infinite shuffled repetition if True; otherwise one ordered pass,
@@ -333,15 +307,11 @@ def create_dataset(data_config, split: str, *, batch_size: int, train: bool, see
       batch 0 of `create_dataset(..., start_step=N)`.
     drop_remainder: defaults to `train`.
     with_names: also yield `name` (b,) bytes (file stems), e.g. for saving samples.
-    label_ids: yield `label` as (b,S,S) int32 class ids, -1 = the absorbing unknown state,
-      instead of the one-hot. K times less host memory and host-to-device traffic (K = 151
-      on ADE20K: 0.26 MB instead of 40 MB per 256 px example); the train step one-hots on
-      the device.
-
   Returns:
-    iterator of dict(image (b,S,S,3) f32 in [-1,1], label (b,S,S,K) f32 one-hot (all-zero =
-    absorbing unknown) or, with `label_ids`, (b,S,S) int32, [edge (b,S,S,1) f32 if
-    use_instance], [name (b,) bytes]).
+    iterator of dict(image (b,S,S,3) f32 in [-1,1], label (b,S,S) int32 class ids with -1 =
+    the absorbing unknown state (labels stay ids up to the jitted code, which one-hots them:
+    K times less host memory and host-to-device traffic than a one-hot), [edge (b,S,S,1)
+    f32 if use_instance], [name (b,) bytes]).
   """
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -349,7 +319,7 @@ def create_dataset(data_config, split: str, *, batch_size: int, train: bool, see
   loader = ExampleLoader(source, data_config, train=train, seed=seed)
   drop = train if drop_remainder is None else drop_remainder
   tf = import_tf()
-  s, k = loader.image_size, source.num_classes
+  s = loader.image_size
   names = np.array(source.names, dtype=object)
 
   imap = IndexMap(len(source), train=train, seed=seed, process_index=process_index,
@@ -382,46 +352,20 @@ def create_dataset(data_config, split: str, *, batch_size: int, train: bool, see
     for key, val, shape in zip(keys, vals, shapes):
       val.set_shape(shape)
       out[key] = val
-    vals[-1].set_shape(())
-    out["name"] = vals[-1]
+    if with_names:
+      vals[-1].set_shape(())
+      out["name"] = vals[-1]
     return out
 
   npc = int(_get(data_config, "num_parallel_calls"))
   ds = ds.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE if npc < 0 else npc,
               deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=drop)
-
-  @tf.autograph.experimental.do_not_convert
-  def finish(b):
-    b = dict(b)
-    if not with_names:
-      b.pop("name")
-    if label_ids:
-      return b
-    lab = b["label"]
-    # One-hot by scatter in numpy: ~15x faster than tf.one_hot's compare kernel at K = 151.
-    b["label"] = tf.numpy_function(lambda x: one_hot_ids(x, k), [lab], tf.float32,
-                                   stateful=False)
-    b["label"].set_shape(lab.shape.concatenate([k]))
-    return b
-
-  ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.prefetch(int(_get(data_config, "prefetch")))
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options)
   return BatchIterator(ds, load_errors)
-
-
-def one_hot_ids(ids: np.ndarray, num_classes: int) -> np.ndarray:
-  """(..., H, W) int ids -> float32 one-hot (..., H, W, K); -1 gives the all-zero vector."""
-  ids = np.asarray(ids)
-  out = np.zeros(ids.shape + (num_classes,), np.float32)
-  flat = out.reshape(-1, num_classes)
-  v = ids.reshape(-1)
-  rows = np.nonzero(v >= 0)[0]
-  flat[rows, v[rows]] = 1.0
-  return out
 
 
 def class_table(data_config) -> palettes.ClassTable:

@@ -10,14 +10,15 @@ numpy + Pillow only.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
-from scdm_jax import atomic
 from scdm_jax.data import layouts
 from scdm_jax.data import noisy
 from scdm_jax.data import palettes
+from scdm_jax.io import atomic
+from scdm_jax.io import fileio
+from scdm_jax.io import images as image_io
 
 UNKNOWN = -1
 
@@ -107,10 +108,9 @@ def load_label_map(path: str, *, num_classes: int, palette: str | palettes.Class
   Returns:
     (ids (H, W) int32 in -1..K-1, LabelReport).
   """
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise FileNotFoundError(f"label map {path} does not exist")
-  with Image.open(path) as im:
+  with image_io.open_image(path) as im:  # local path or gs:// URL
     mode = im.mode
     if mode in ("RGB", "RGBA", "LA"):
       arr = np.asarray(im.convert("RGB"))
@@ -155,25 +155,26 @@ def load_label_map(path: str, *, num_classes: int, palette: str | palettes.Class
   return ids, report
 
 
-def to_one_hot(ids: np.ndarray, num_classes: int, dtype=np.float32) -> np.ndarray:
-  """(..., H, W) ids -> (..., H, W, K) one-hot; id -1 gives the all-zero (absorbing) vector."""
+def check_ids(ids: np.ndarray, num_classes: int, name: str = "<array>") -> np.ndarray:
+  """`ids` as int32 after checking every id is in -1..K-1 (-1 = unknown).
+
+  Raises:
+    ValueError: naming `name` and the ids outside the class table.
+  """
   ids = np.asarray(ids)
-  _check_ids(ids, num_classes, "<array>", allow_unknown=True)
-  return (ids[..., None] == np.arange(num_classes)).astype(dtype)
+  _check_ids(ids, num_classes, name, allow_unknown=True)
+  return ids.astype(np.int32)
 
 
 def colorize(ids: np.ndarray, palette: str | palettes.ClassTable | np.ndarray,
              unknown_color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
-  """Class ids (..., H, W) (or a one-hot (..., H, W, K)) -> uint8 RGB (..., H, W, 3).
-
-  A one-hot input is recognised by its float dtype; all-zero pixels get `unknown_color`.
-  """
+  """Class ids (..., H, W) -> uint8 RGB (..., H, W, 3); id -1 gets `unknown_color`."""
   if isinstance(palette, str):
     palette = palettes.get_class_table(palette)
   colors = palette.colors if isinstance(palette, palettes.ClassTable) else np.asarray(palette)
   ids = np.asarray(ids)
-  if np.issubdtype(ids.dtype, np.floating):
-    ids = np.where(ids.max(-1) > 0, ids.argmax(-1), UNKNOWN)
+  if not np.issubdtype(ids.dtype, np.integer):
+    raise TypeError(f"colorize takes integer class ids, got {ids.dtype} {ids.shape}")
   lut = np.concatenate([np.asarray(colors, np.uint8), np.asarray([unknown_color], np.uint8)])
   idx = np.where((ids >= 0) & (ids < len(colors)), ids, len(colors))
   return lut[idx]

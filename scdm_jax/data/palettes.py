@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from scdm_jax import atomic
+from scdm_jax.io import atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,9 +190,24 @@ def _celebamask_hq() -> ClassTable:
                     np.array([c for _, c in _CELEBAMASK_HQ], np.uint8), unlabeled_class=None)
 
 
+# The procedural dataset's classes (scdm_jax.data.procedural draws with these colours).
+PROCEDURAL_CLASSES = (
+    ("sky", (110, 170, 235)),
+    ("mountain", (120, 100, 90)),
+    ("grass", (70, 150, 50)),
+    ("water", (30, 80, 170)),
+    ("sand", (220, 200, 140)),
+    ("tree", (20, 90, 30)),
+    ("rock", (130, 130, 130)),
+    ("building", (180, 70, 50)),
+    ("unlabeled", (0, 0, 0)),
+)
+
+
 def _procedural() -> ClassTable:
-  from scdm_jax.data import procedural  # pylint: disable=import-outside-toplevel
-  return procedural.class_table()
+  return ClassTable("procedural", tuple(n for n, _ in PROCEDURAL_CLASSES),
+                    np.array([c for _, c in PROCEDURAL_CLASSES], np.uint8),
+                    unlabeled_class=len(PROCEDURAL_CLASSES) - 1)
 
 
 _BUILTIN = {"ade20k": _ade20k, "coco_stuff": _coco_stuff, "cityscapes": _cityscapes,

@@ -20,19 +20,11 @@ import zlib
 
 import numpy as np
 
+from scdm_jax.data import palettes
 from scdm_jax.data.palettes import ClassTable
 
-CLASSES = (
-    ("sky", (110, 170, 235)),
-    ("mountain", (120, 100, 90)),
-    ("grass", (70, 150, 50)),
-    ("water", (30, 80, 170)),
-    ("sand", (220, 200, 140)),
-    ("tree", (20, 90, 30)),
-    ("rock", (130, 130, 130)),
-    ("building", (180, 70, 50)),
-    ("unlabeled", (0, 0, 0)),
-)
+# The class list lives with the other class tables (palettes.PROCEDURAL_CLASSES).
+CLASSES = palettes.PROCEDURAL_CLASSES
 SKY, MOUNTAIN, GRASS, WATER, SAND, TREE, ROCK, BUILDING, UNLABELED = range(len(CLASSES))
 NUM_CLASSES = len(CLASSES)
 
@@ -41,8 +33,7 @@ DEFAULT_NUM_EXAMPLES = {"train": 1024, "validation": 128}
 
 
 def class_table() -> ClassTable:
-  return ClassTable("procedural", tuple(n for n, _ in CLASSES),
-                    np.array([c for _, c in CLASSES], np.uint8), unlabeled_class=UNLABELED)
+  return palettes.get_class_table("procedural")
 
 
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:

@@ -153,6 +153,30 @@ class LabelSchedule:
     return g
 
 
+def one_hot(ids, num_classes: int) -> jax.Array:
+  """Class ids (..., H, W) int (-1 = unknown) -> float32 one-hot (..., H, W, K).
+
+  The project's only one-hot: labels stay class ids on the host and on the way to the
+  device, and become one-hot here, inside the jitted program. Id -1 (the absorbing unknown
+  state) gives the all-zero vector.
+  """
+  return jax.nn.one_hot(jnp.asarray(ids), int(num_classes), dtype=jnp.float32)
+
+
+def condition(ids, num_classes: int, edge=None) -> jax.Array:
+  """The network's conditioning (B, H, W, L) = concat([one_hot(ids), edge]) (traceable).
+
+  Args:
+    ids: (B, H, W) int class ids, -1 = unknown.
+    num_classes: K.
+    edge: optional (B, H, W, 1) float instance-edge channel.
+  """
+  cond = one_hot(ids, num_classes)
+  if edge is None:
+    return cond
+  return jnp.concatenate([cond, jnp.asarray(edge, jnp.float32)], axis=-1)
+
+
 def diffuse_labels(label, t_orig, u, schedule: LabelSchedule) -> jax.Array:
   """Samples y_t ~ q(y_t | y_0): y_0 * floor(g + u) per pixel.
 

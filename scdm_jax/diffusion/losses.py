@@ -43,7 +43,7 @@ def scdm_loss(model_apply: Callable[[jax.Array, jax.Array, jax.Array], jax.Array
   if jnp.issubdtype(label.dtype, jnp.integer):
     if num_label_channels is None:
       raise ValueError("batch['label'] holds class ids: pass num_label_channels (K).")
-    label = jax.nn.one_hot(label, int(num_label_channels), dtype=jnp.float32)  # -1 -> zeros
+    label = ld.one_hot(label, int(num_label_channels))  # -1 -> zeros
   label = label.astype(jnp.float32)
   k = label.shape[-1] if num_label_channels is None else int(num_label_channels)
   if k != label.shape[-1]:

@@ -22,10 +22,45 @@ import numpy as np
 from scdm_jax.diffusion import label_diffusion as ld
 from scdm_jax.diffusion.gaussian import GaussianDiffusion
 
-SAMPLERS = ("ddpm", "ddim")
 LABEL_MODES = ("fresh", "coupled")
 
 ModelApply = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# update(x_t, t, k, p_mean_variance output, z, nonzero) -> x_{t-1}
+Update = Callable[..., jax.Array]
+
+
+def _ddpm_update(diffusion: GaussianDiffusion, eta: float) -> Update:
+  """Ancestral DDPM (the reference): the posterior mean plus its (learned) variance."""
+  del diffusion, eta
+
+  def update(x, t, k, pm, z, nonzero):
+    del x, t, k
+    return pm["mean"] + nonzero * jnp.exp(0.5 * pm["log_variance"]) * z
+  return update
+
+
+def _ddim_update(diffusion: GaussianDiffusion, eta: float) -> Update:
+  """eta-DDIM on this chain; with a learned variance only the epsilon channels are used."""
+  ac = diffusion.table("alphas_cumprod")
+  ac_prev = diffusion.table("alphas_cumprod_prev")
+  sigma_np = eta * np.sqrt((1 - ac_prev) / (1 - ac)) * np.sqrt(1 - ac / ac_prev)
+  sigma = jnp.asarray(sigma_np.astype(np.float32))
+  sqrt_ac_prev = jnp.asarray(np.sqrt(ac_prev).astype(np.float32))
+  direction = jnp.asarray(np.sqrt(np.maximum(1 - ac_prev - sigma_np ** 2, 0.0)
+                                  ).astype(np.float32))
+
+  def update(x, t, k, pm, z, nonzero):
+    eps = diffusion.predict_eps_from_xstart(x, t, pm["pred_xstart"])
+    return pm["pred_xstart"] * sqrt_ac_prev[k] + direction[k] * eps + nonzero * sigma[k] * z
+  return update
+
+
+# The samplers: name -> factory of the per-step update (a new sampler is one entry here).
+SAMPLER_UPDATES: dict[str, Callable[[GaussianDiffusion, float], Update]] = {
+    "ddpm": _ddpm_update,
+    "ddim": _ddim_update,
+}
+SAMPLERS = tuple(SAMPLER_UPDATES)
 
 
 def guided_model_output(model_apply: ModelApply, x, t_orig, cond, guidance_scale: float,
@@ -149,13 +184,7 @@ def sample(model_apply: ModelApply, diffusion: GaussianDiffusion,
       raise ValueError(f"x_init must have shape {shape}, got {x.shape}")
   u_coupled = jax.random.uniform(k_label, (b, h, w), jnp.float32)
 
-  if sampler == "ddim":
-    ac = diffusion.table("alphas_cumprod")
-    ac_prev = diffusion.table("alphas_cumprod_prev")
-    sigma = eta * np.sqrt((1 - ac_prev) / (1 - ac)) * np.sqrt(1 - ac / ac_prev)
-    ddim_sigma = jnp.asarray(sigma.astype(np.float32))
-    ddim_sqrt_ac_prev = jnp.asarray(np.sqrt(ac_prev).astype(np.float32))
-    ddim_dir = jnp.asarray(np.sqrt(np.maximum(1 - ac_prev - sigma ** 2, 0.0)).astype(np.float32))
+  update = SAMPLER_UPDATES[sampler](diffusion, eta)
 
   total = start_index + 1
   indices = jnp.arange(start_index, -1, -1, dtype=jnp.int32)
@@ -177,12 +206,7 @@ def sample(model_apply: ModelApply, diffusion: GaussianDiffusion,
         extrapolation=extrapolation, prev_pred_xstart=prev, has_prev=has_prev)
     z = jax.random.normal(jax.random.fold_in(k_noise, k), shape, jnp.float32)
     nonzero = (k != 0).astype(jnp.float32)
-    if sampler == "ddpm":
-      x_new = pm["mean"] + nonzero * jnp.exp(0.5 * pm["log_variance"]) * z
-    else:
-      eps = diffusion.predict_eps_from_xstart(x, t, pm["pred_xstart"])
-      x_new = (pm["pred_xstart"] * ddim_sqrt_ac_prev[k] + ddim_dir[k] * eps
-               + nonzero * ddim_sigma[k] * z)
+    x_new = update(x, t, k, pm, z, nonzero)
     if progress is not None:
       jax.debug.callback(functools.partial(_report, progress), i + 1, total)
     return (x_new, pm["pred_xstart_unclipped"], jnp.array(True)), None

@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from scdm_jax import atomic
+from scdm_jax.io import atomic
 from scdm_jax.evaluation import _npz, _torch_convert, inception
 
 

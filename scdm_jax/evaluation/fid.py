@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from scdm_jax import atomic
+from scdm_jax.io import atomic
 from scdm_jax.evaluation import _npz
 
 __all__ = [

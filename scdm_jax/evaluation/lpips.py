@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scdm_jax import atomic
+from scdm_jax.io import atomic
 from scdm_jax.evaluation import _npz
 
 __all__ = ["LPIPS", "lpips_weight_shapes", "load_lpips", "save_lpips_npz", "diversity",

@@ -45,9 +45,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scdm_jax import atomic
+from scdm_jax.data import procedural
 from scdm_jax.evaluation import _npz
 from scdm_jax.evaluation import miou
+from scdm_jax.evaluation import report
+from scdm_jax.io import atomic
 
 __all__ = ["ProxySegNet", "init_proxy", "ProxySegmenter", "save_proxy", "load_proxy", "train_proxy",
            "procedural_arrays", "evaluate_on_procedural", "proxy_weight_shapes",
@@ -286,7 +288,6 @@ def procedural_arrays(n: int, *, image_size: int, split: str, seed: int = 0
   The same content as the dataset pipeline's procedural split of that name at
   ``data.image_size = S`` (example i is a pure function of (seed, split, i, S)).
   """
-  from scdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
   images = np.empty((n, image_size, image_size, 3), np.float32)
   ids = np.empty((n, image_size, image_size), np.int32)
   for i in range(n):
@@ -339,7 +340,6 @@ def train_proxy(out_dir: str | os.PathLike, *, steps: int = 600, image_size: int
     ``weights`` (the npz path) and ``sha256``.
   """
   import optax  # pylint: disable=g-import-not-at-top
-  from scdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
   if num_classes != procedural.NUM_CLASSES:
     raise ValueError(f"The procedural dataset has {procedural.NUM_CLASSES} classes; got "
                      f"num_classes={num_classes}.")
@@ -387,7 +387,6 @@ def train_proxy(out_dir: str | os.PathLike, *, steps: int = 600, image_size: int
   summary = {"weights": str(weights), "sha256": sha, "meta": meta, "losses": losses,
              "held_out": held_out, "train_seconds": time.time() - t0,
              "note": "PROXY segmenter: numbers from it are not comparable to published mIoU."}
-  from scdm_jax.evaluation import report  # pylint: disable=g-import-not-at-top
   text = json.dumps(report._jsonable(summary), indent=2) + "\n"  # pylint: disable=protected-access
   (out_dir / "proxy_procedural.json").write_text(text)
   if verbose:

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from scdm_jax import atomic
+from scdm_jax.io import atomic
 from scdm_jax.evaluation._npz import sha256_file
 
 __all__ = ["write_report", "read_report", "weights_hashes", "sha256_file", "SCHEMA_VERSION"]

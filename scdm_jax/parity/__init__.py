@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -22,6 +23,9 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "gaussian_diffusion": ("scdm_jax.parity.gaussian_diffusion", ("x0", "noise")),
     "unet": ("scdm_jax.parity.unet", ("config", "x", "t", "y", "out")),
     "noisy_benchmark": ("scdm_jax.parity.noisy_benchmark", ("raw_0",)),
+    # A folder (pipeline/ + io.npz), not one npz.
+    "paint_by_example": ("scdm_jax.parity.paint_by_example",
+                         ("image_u8", "mask_u8", "example_u8", "unet_probe_eps")),
 }
 
 # Relative error (max|ours - ref| / max|ref|) allowed on float arrays, by default.
@@ -72,11 +76,16 @@ def detect_kind(data: Mapping[str, np.ndarray], path: str = "<npz>") -> str:
 
 
 def check_file(path: str) -> tuple[str, list[Comparison]]:
-  with np.load(path, allow_pickle=False) as npz:
+  """Checks one fixture: an npz file, or a folder holding io.npz (and what it refers to)."""
+  folder = path if os.path.isdir(path) else None
+  npz_path = os.path.join(path, "io.npz") if folder else path
+  if folder and not os.path.isfile(npz_path):
+    raise ValueError(f"{path}: a fixture folder must hold io.npz")
+  with np.load(npz_path, allow_pickle=False) as npz:
     data = {k: npz[k] for k in npz.files}
   kind = detect_kind(data, path)
   module = importlib.import_module(KINDS[kind][0])
-  return kind, module.check(data)
+  return kind, module.check(data, folder) if folder else module.check(data)
 
 
 def format_report(path: str, kind: str, results: list[Comparison]) -> str:

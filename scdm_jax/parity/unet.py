@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scdm_jax.models import torch_import
+from scdm_jax.models.unet import UNetConfig
 from scdm_jax.parity import Comparison, compare
 
 OUT_ABS_TOL = 2e-4
@@ -23,8 +25,6 @@ def _is_onehot_or_zero(y: np.ndarray) -> bool:
 
 
 def check(data) -> list[Comparison]:
-  from scdm_jax.models import torch_import
-  from scdm_jax.models.unet import UNetConfig
 
   y = np.asarray(data["y"], np.float32)
   # The one-hot lookup is exact only for one-hot-or-zero label channels. Files with an

@@ -15,19 +15,23 @@ import threading
 import time
 from typing import Any, Callable
 
+from flax import nnx
 import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 
-from scdm_jax import edit as edit_lib
-from scdm_jax import logging_utils
-from scdm_jax import sample as sample_lib
+from scdm_jax import recipe
 from scdm_jax import sharding
 from scdm_jax import state as state_lib
-from scdm_jax import train as train_lib
 from scdm_jax.data import label_io
 from scdm_jax.data import noisy
 from scdm_jax.data import palettes
+from scdm_jax.inference import editor as editor_lib
+from scdm_jax.inference import loading
+from scdm_jax.inference import runner
+from scdm_jax.inference import sampler
+from scdm_jax.io import images
 
 CORRUPTIONS = ("none",) + noisy.VARIANTS
 
@@ -50,13 +54,14 @@ class Timing:
   compiled: bool
 
 
-def respacing_for(num_steps: int, steps: int) -> str:
+def respacing_for(config: ml_collections.ConfigDict, steps: int) -> str:
   """The chain spec for `steps` sampling steps: DDIM stride when one fits, else even sections."""
+  num_steps = int(config.diffusion.num_steps)
   if steps < 1 or steps > num_steps:
     raise ValueError(f"steps={steps}: choose 1..{num_steps} (the model's diffusion steps)")
-  from scdm_jax.diffusion import schedules  # pylint: disable=import-outside-toplevel
   try:
-    schedules.space_timesteps(num_steps, f"ddim{steps}")
+    # Building the chain is cheap (numpy tables) and makes the same check the sampler makes.
+    recipe.make_diffusion(config, respacing=f"ddim{steps}")
     return f"ddim{steps}"
   except ValueError:
     return str(steps)
@@ -74,26 +79,23 @@ class Model:
 
   def __init__(self, config: ml_collections.ConfigDict, params: dict[str, Any],
                meta: dict[str, Any], where: str):
-    from flax import nnx  # pylint: disable=import-outside-toplevel
-    from scdm_jax.models.unet import UNet  # pylint: disable=import-outside-toplevel
     self.config, self.where = config, where
     self.num_classes = int(config.data.num_classes)
     self.size = int(config.data.image_size)
     self.use_instance = bool(config.data.use_instance)
     self.table = _class_table(config)
-    self.label_schedule = sample_lib.label_schedule_for(config, meta)
+    self.label_schedule = recipe.label_schedule_for(config, meta)
     # One device: interactive requests are one small batch; no padding to a mesh.
     self.mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
     self.graphs, abstract = state_lib.graphs_and_abstract(config)
     self.param_sh = sharding.state_shardings(self.mesh, abstract.params,
                                              int(config.mesh.fsdp_min_size))
     self.params = state_lib.params_from_pure(self.graphs, params, self.param_sh)
-    rest = nnx.split(nnx.eval_shape(lambda: UNet(self.graphs.unet_config, rngs=nnx.Rngs(0))),
-                     nnx.Param, ...)[2]
-    self.module = nnx.merge(self.graphs.model, self.params, rest)
+    # The module the Editor splits again; the sampler merges graphs.model with params itself.
+    self.module = nnx.merge(self.graphs.model, self.params)
     self.progress = Progress()
     self._programs: dict[tuple, Callable] = {}
-    self._editors: dict[tuple, edit_lib.Editor] = {}
+    self._editors: dict[tuple, editor_lib.Editor] = {}
     self._compiled: set[tuple] = set()
     self.compile_seconds: dict[str, float] = {}
     self._lock = threading.Lock()
@@ -123,13 +125,15 @@ class Model:
       return noisy.corrupt_edge(ids, target, radius=radius).astype(np.int32)
     return noisy.corrupt_random(ids, target, np.random.default_rng(seed)).astype(np.int32)
 
-  def cond(self, ids: np.ndarray) -> np.ndarray:
-    """(B, H, W) class ids (-1 = unknown) -> (B, H, W, L) conditioning."""
-    c = label_io.to_one_hot(ids, self.num_classes)
-    if self.use_instance:
-      edge = np.stack([noisy.boundary_map(i) for i in ids]).astype(np.float32)[..., None]
-      c = np.concatenate([c, edge], -1)
-    return c.astype(np.float32)
+  def labels(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """(B, H, W) class ids (-1 = unknown) -> the sampler's inputs {"label"[, "edge"]}.
+
+    Ids go to the device as they are; the one-hot is built inside the program.
+    """
+    out = {"label": np.asarray(ids, np.int32)}
+    if self.use_instance:  # as --mode sample does for user maps: the map's own boundaries
+      out["edge"] = np.stack([noisy.boundary_map(i) for i in ids]).astype(np.float32)[..., None]
+    return out
 
   # ------------------------------------------------------------------ programs
 
@@ -156,20 +160,20 @@ class Model:
     if key not in self._programs:
       cfg = copy.deepcopy(self.config)
       with cfg.unlocked():
-        cfg.sample.respacing = respacing_for(int(cfg.diffusion.num_steps), steps)
+        cfg.sample.respacing = respacing_for(cfg, steps)
         cfg.sample.guidance_scale = float(guidance)
-      fn, _ = sample_lib.make_sample_fn(cfg, self.graphs, self.mesh, self.param_sh,
-                                        self.label_schedule, progress=self._progress)
+      fn, _ = sampler.make_sample_fn(cfg, self.graphs, self.mesh, self.param_sh,
+                                     self.label_schedule, progress=self._progress)
       self._programs[key] = fn
     return self._programs[key]
 
-  def _editor(self, steps: int, guidance: float) -> edit_lib.Editor:
+  def _editor(self, steps: int, guidance: float) -> editor_lib.Editor:
     key = (steps, guidance)
     if key not in self._editors:
       sc = self.config.sample
-      diffusion = train_lib.make_diffusion(
-          self.config, respacing=respacing_for(int(self.config.diffusion.num_steps), steps))
-      self._editors[key] = edit_lib.Editor(
+      diffusion = recipe.make_diffusion(
+          self.config, respacing=respacing_for(self.config, steps))
+      self._editors[key] = editor_lib.Editor(
           self.module, diffusion, self.label_schedule, num_classes=self.num_classes,
           use_instance=self.use_instance, mesh=self.mesh, params_sharding=self.param_sh,
           sampler=sc.sampler, eta=1.0, guidance_scale=float(guidance),
@@ -188,10 +192,10 @@ class Model:
       key = ("generate", steps, guidance, num_samples)
       new, t0 = self._begin(key), time.perf_counter()
       fn = self._sample_program(steps, guidance)
-      cond = np.repeat(self.cond(ids[None]), num_samples, 0)
-      gcond = sharding.device_put_tree(cond, sharding.batch_sharding(self.mesh))
-      out = sharding.to_host(fn(self.params, gcond, jax.random.key(int(seed))))
-      return logging_utils.to_uint8(out), self._end(key, new, t0)
+      labels, n = runner.put_padded(self.labels(np.repeat(ids[None], num_samples, 0)),
+                                    self.mesh)
+      out = runner.host_rows(fn(self.params, labels, jax.random.key(int(seed))), n)
+      return images.to_uint8(out), self._end(key, new, t0)
 
   def sdedit(self, guide: np.ndarray, ids: np.ndarray | None, *, t0: float, steps: int,
              guidance: float, seed: int, num_samples: int) -> tuple[np.ndarray, Timing]:
@@ -204,7 +208,7 @@ class Model:
              label is None)
       new, start = self._begin(key), time.perf_counter()
       out = editor.sdedit(guide, label=label, t0=t0, seed=seed, num_samples=num_samples)
-      return logging_utils.to_uint8(out), self._end(key, new, start)
+      return images.to_uint8(out), self._end(key, new, start)
 
   def masked(self, source: np.ndarray, mask: np.ndarray, ids: np.ndarray, *, steps: int,
              guidance: float, seed: int, num_samples: int,
@@ -224,7 +228,7 @@ class Model:
       new, start = self._begin(key), time.perf_counter()
       out = editor.masked_edit(source, mask.astype(np.uint8), label=ids, t0=1.0,
                                dilate=dilate, seed=seed, num_samples=num_samples)
-      return logging_utils.to_uint8(out), self._end(key, new, start)
+      return images.to_uint8(out), self._end(key, new, start)
 
   # ------------------------------------------------------------------ checks
 
@@ -267,7 +271,7 @@ def load_model(config: ml_collections.ConfigDict, checkpoint: str,
     with cfg.unlocked():
       cfg.sample.checkpoint = checkpoint
   try:
-    params, meta, where = sample_lib.load_weights(cfg, workdir)
+    params, meta, where = loading.load_weights(cfg, workdir)
   except FileNotFoundError:
     if checkpoint or cfg.sample.checkpoint:
       raise
@@ -286,8 +290,7 @@ def load_label_upload(path: str, model: Model) -> tuple[np.ndarray, label_io.Lab
 
 def load_image_upload(path: str, model: Model) -> np.ndarray:
   """An uploaded photo (already on disk) -> (S, S, 3) uint8, centre-cropped and resized."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  arr = logging_utils.to_uint8(edit_lib.load_image(path))
+  arr = images.to_uint8(images.load_image(path))
   h, w = arr.shape[:2]
   if (h, w) == (model.size, model.size):
     return arr

@@ -35,6 +35,7 @@ import time
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from scdm_jax.studio import backend
 
@@ -182,7 +183,6 @@ class Studio:
     return ids.reshape(s, s).astype(np.int32)
 
   def _image(self, req: dict[str, Any], field: str) -> np.ndarray:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
     raw = self._decode(req.get(field), field)
     with Image.open(io.BytesIO(raw)) as im:
       if im.size != (self.model.size, self.model.size):
@@ -202,7 +202,6 @@ class Studio:
     return raw
 
   def _check_pixels(self, raw: bytes, name: str) -> None:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
     try:
       with Image.open(io.BytesIO(raw)) as im:  # reads the header only
         w, h = im.size
@@ -222,7 +221,6 @@ class Studio:
     return path, name
 
   def _label_png(self, ids: np.ndarray) -> str | None:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
     try:
       ids = backend.label_png_ids(ids, self.model)
     except ValueError:
@@ -244,7 +242,6 @@ def _number(req: dict[str, Any], field: str, kind: type, lo: float, hi: float,
 
 
 def _png_url(image: Any) -> str:
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
   buf = io.BytesIO()
   im.save(buf, format="PNG")

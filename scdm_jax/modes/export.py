@@ -2,8 +2,8 @@
 
 Writes `checkpointing.save_export(dir, ema_params, meta)` with meta = the run's config,
 `model` (UNetConfig fields), `num_classes`, `class_names`/`class_table`, the label schedule
-(incl. psi), `source` and `step`. The sampler (`sample.load_weights`) and
-`config.init_from` read it.
+(incl. psi), `source` and `step`. `inference.loading.load_weights` and `config.init_from`
+read it. The target is `--export_dir`, else `<workdir>/export`.
 """
 
 from __future__ import annotations
@@ -15,18 +15,19 @@ from absl import logging
 import ml_collections
 
 from scdm_jax import checkpointing
-from scdm_jax import fileio
-from scdm_jax import sample as sample_lib
+from scdm_jax.inference import loading
+from scdm_jax.io import fileio
 
 
-def export_from_workdir(config: ml_collections.ConfigDict, workdir: str,
-                        export_dir: str | None = None, *, use_ema: bool = True,
-                        step: int | None = None) -> str:
+def run(config: ml_collections.ConfigDict, workdir: str, export_dir: str | None = None,
+        *, use_ema: bool = True, step: int | None = None) -> str:
   """Exports the newest (or `step`) training checkpoint of `workdir`; returns the path."""
+  if not workdir:
+    raise ValueError("--mode export needs --workdir (the training run to export).")
   ckdir = os.path.join(workdir, "checkpoints")
   if not fileio.isdir(ckdir):
     raise FileNotFoundError(f"--mode export: {ckdir} does not exist; train first.")
-  params, meta, step = sample_lib.load_train_params(config, ckdir, use_ema=use_ema, step=step)
+  params, meta, step = loading.load_train_params(config, ckdir, use_ema=use_ema, step=step)
   meta: dict[str, Any] = dict(meta)
   meta["source"] = f"scdm_jax training checkpoint {ckdir} step {step}"
   meta["step"] = int(step)

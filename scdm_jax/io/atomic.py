@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from scdm_jax import fileio
+from scdm_jax.io import fileio
 
 
 @contextlib.contextmanager

@@ -66,3 +66,34 @@ def upload(local_file: str, url: str) -> None:
   dst.parent.mkdir(parents=True, exist_ok=True)
   with open(local_file, "rb") as f:
     dst.write_bytes(f.read())
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def list_images(path: str, what: str, extensions: tuple[str, ...] = (".png",)) -> list[str]:
+  """The image files of `path`: the file itself, or a folder's files with `extensions`, sorted.
+
+  Args:
+    path: a file or folder (local or URL).
+    what: the config key the path came from, for the error (e.g. "config.sample.source").
+    extensions: lower-case file endings to keep.
+
+  Raises:
+    FileNotFoundError: the path does not exist, or the folder holds no such file.
+  """
+  if isdir(path):
+    files = [join(path, f) for f in listdir(path) if f.lower().endswith(extensions)]
+    if not files:
+      raise FileNotFoundError(f"{what}={path!r}: the folder has no {'/'.join(extensions)} "
+                              "files")
+    return files
+  if not exists(path):
+    raise FileNotFoundError(f"{what}={path!r} does not exist (expected an image file or a "
+                            "folder of images)")
+  return [path]
+
+
+def join(folder: str, name: str) -> str:
+  """`os.path.join` that also works on URLs (always '/')."""
+  return f"{folder.rstrip('/')}/{name}" if is_url(folder) else os.path.join(folder, name)
