@@ -22,7 +22,8 @@ Schema (sections):
   sample     sampler settings for periodic grids and `--mode sample`.
   edit, eval `--mode edit` (SDEdit, masked editing) and `--mode evaluate`.
   paint      `--mode paint`: Paint by Example (weights, source/mask/exemplar, sampler).
-  serve      `--mode serve` (the browser painter): host, port, checkpoint(s), limits.
+  serve      `--mode serve` (the browser painter): host, port, checkpoint(s), limits,
+             the Paint-by-Example tab's weights.
   mesh       device mesh: data x fsdp (-1 = fill in), fsdp_min_size.
   init_from  optional inference checkpoint (save_export format) to start training from.
 """
@@ -220,6 +221,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.serve.num_samples = 2  # default samples per generation
   config.serve.max_upload_mb = 8  # request body limit
   config.serve.max_upload_pixels = 4096 * 4096  # decoded upload limit
+  # A Paint-by-Example folder, model.ckpt or export (as paint.weights) for the page's
+  # exemplar tab ("" = no tab); paint.{num_steps, guidance_scale, sampler, paste_back} are
+  # its defaults, paint.{weights_config, dtype} apply as in --mode paint.
+  config.serve.paint_weights = ""
 
   # -------------------------------------------------------------------------- mesh
   config.mesh = ml_collections.ConfigDict()

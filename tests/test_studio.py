@@ -36,6 +36,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SIZE = 16  # configs/tiny.py label resolution
 SAND, WATER, SKY = procedural.SAND, procedural.WATER, procedural.SKY
+PBE = ROOT / "tests" / "fixtures" / "paint_by_example"  # tiny random PbE weights + inputs
 
 
 def _decode(url: str) -> np.ndarray:
@@ -105,7 +106,9 @@ def server(tmp_path_factory):
   # The same weights as the "second checkpoint": the comparison's plumbing, at no extra
   # compile (the persistent compilation cache has the program).
   proc, url = _start(export, "--config.diffusion.label_schedule=uniform",
-                     f"--config.serve.compare_checkpoint={export}")
+                     f"--config.serve.compare_checkpoint={export}",
+                     f"--config.serve.paint_weights={PBE / 'pipeline'}",
+                     "--config.paint.num_steps=3")
   yield url
   proc.terminate()
   proc.wait(timeout=30)
@@ -183,7 +186,7 @@ def _wait(driver, predicate, timeout=300, what="condition"):
     if value:
       return value
     time.sleep(0.2)
-  err = driver.find_element("id", "error").text
+  err = driver.find_element("id", "error").text or driver.find_element("id", "paint-error").text
   pytest.fail(f"timed out waiting for {what}; page error: {err!r}")
 
 
@@ -343,6 +346,71 @@ def test_browser_paint_generate_corrupt_regenerate(server, browser, tmp_path):
   shot = pathlib.Path(os.environ.get("SCDM_STUDIO_SCREENSHOT") or tmp_path / "studio.png")
   d.save_screenshot(str(shot))
   assert shot.stat().st_size > 10_000
+
+
+def test_browser_paint_by_example(server, browser, tmp_path):
+  """The exemplar tab: upload a photo, paint a mask, choose an exemplar, paint it in."""
+  d = browser
+  _open(d, server)
+  _click(d, "tab-btn-paint")
+  src = np.asarray(Image.open(PBE / "inputs" / "source.png").convert("RGB"))
+  h, w = src.shape[:2]
+  # factor - 1 extra columns: the page's photo is cropped to sides divisible by the VAE
+  # factor (2 for the fixture, 8 for the released model).
+  factor = d.execute_script("return S.info.paint.factor")
+  wide = np.concatenate([src, np.zeros((h, factor - 1, 3), np.uint8)], 1)
+  Image.fromarray(wide).save(tmp_path / "photo.png")
+  d.find_element("id", "paint-upload-source").send_keys(str(tmp_path / "photo.png"))
+  _wait(d, lambda: d.execute_script("return document.body.dataset.paintSource") == f"{w}x{h}",
+        60, "the photo")
+  assert "cropped" in d.find_element("id", "paint-message").text
+
+  # Without a mask or an exemplar: one-line errors in the page, no request.
+  _click(d, "paint-run")
+  assert d.find_element("id", "paint-error").text == (
+      "paint the region to repaint on the photo first")
+  from selenium.webdriver.common.action_chains import ActionChains  # pylint: disable=import-outside-toplevel
+  from selenium.webdriver.support.ui import Select  # pylint: disable=import-outside-toplevel
+  Select(d.find_element("id", "paint-brush")).select_by_visible_text("16")
+  canvas = d.find_element("id", "paint-canvas")
+  cw = canvas.size["width"]
+  at = lambda x, y: (int((x + 0.5) * cw / w - cw / 2), int((y + 0.5) * cw / w - cw / 2))
+  ActionChains(d).move_to_element_with_offset(canvas, *at(16, 32)).click_and_hold() \
+      .move_to_element_with_offset(canvas, *at(32, 32)) \
+      .move_to_element_with_offset(canvas, *at(44, 36)).release().perform()
+  mask = np.asarray(d.execute_script("return Array.from(P.mask)"), bool).reshape(h, w)
+  assert 100 < mask.sum() < h * w // 2
+  _click(d, "paint-run")
+  assert d.find_element("id", "paint-error").text == "drop an exemplar image first"
+
+  d.find_element("id", "paint-upload-exemplar").send_keys(str(PBE / "inputs" / "exemplar.png"))
+  _wait(d, lambda: d.execute_script("return document.body.dataset.paintExemplar"), 30,
+        "the exemplar")
+  steps = d.find_element("id", "paint-steps")
+  steps.clear()
+  steps.send_keys("3")
+  if not d.find_element("id", "paint-paste-back").is_selected():
+    _click(d, "paint-paste-back")
+  _click(d, "paint-run")
+  url = _wait(d, lambda: d.execute_script(
+      "const i = document.querySelector('#paint-results img'); return i && i.src"),
+      what="the painted image")
+  out = _decode(url)
+  assert out.shape == (h, w, 3)
+  np.testing.assert_array_equal(out[~mask], src[~mask])  # paste-back: the rest is the photo
+  assert not np.array_equal(out[mask], src[mask])
+  assert d.find_element("id", "paint-error").text == ""
+
+  # The API's one-line refusals (the page shows the same text).
+  buf = io.BytesIO()
+  Image.fromarray(np.zeros((h, w), np.uint8)).save(buf, format="PNG")
+  empty = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+  body = {"source": url, "mask": empty, "exemplar": url, "steps": 3, "guidance": 5,
+          "seed": 0, "sampler": "pndm"}
+  status, res = _post(server + "api/paint", body)
+  assert status == 400 and res["error"].startswith("mask: nothing is painted")
+  status, res = _post(server + "api/paint", dict(body, mask=url, sampler="euler"))
+  assert status == 400 and res["error"].startswith("sampler 'euler' is unknown")
 
 
 @pytest.mark.slow

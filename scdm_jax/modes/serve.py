@@ -2,7 +2,8 @@
 
 Loads the model once (`config.serve.checkpoint`, else the `--mode sample` search in the
 workdir) and, when `config.serve.compare_checkpoint` names a second export (e.g. an SDM
-model), that one too; prints the URL and serves until interrupted. Binds to
+model), that one too, and when `config.serve.paint_weights` names Paint-by-Example
+weights, those for the exemplar tab; prints the URL and serves until interrupted. Binds to
 `config.serve.host` (default 127.0.0.1: this machine only).
 """
 
@@ -26,12 +27,20 @@ def build(config: ml_collections.ConfigDict, workdir: str | None) -> server.Stud
   if sv.compare_checkpoint:
     compare = backend.load_model(config, str(sv.compare_checkpoint), None)
     logging.info("Comparing with %s.", compare.where)
+  painter = None
+  if sv.paint_weights:
+    painter = backend.load_painter(config, str(sv.paint_weights))
+    logging.info("Paint by Example from %s.", painter.where)
   limits = server.Limits(max_body_bytes=int(float(sv.max_upload_mb) * (1 << 20)),
                          max_upload_pixels=int(sv.max_upload_pixels))
   defaults: dict[str, Any] = {
       "steps": int(sv.steps), "guidance": float(config.sample.guidance_scale),
-      "seed": int(config.sample.seed), "num_samples": int(sv.num_samples), "t0": 0.5}
-  return server.Studio(model, compare, limits, defaults)
+      "seed": int(config.sample.seed), "num_samples": int(sv.num_samples), "t0": 0.5,
+      "paint": {"steps": int(config.paint.num_steps),
+                "guidance": float(config.paint.guidance_scale),
+                "sampler": str(config.paint.sampler), "seed": int(config.paint.seed),
+                "paste_back": bool(config.paint.paste_back)}}
+  return server.Studio(model, compare, limits, defaults, painter)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None) -> None:

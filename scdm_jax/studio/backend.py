@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -29,11 +30,14 @@ from scdm_jax.data import noisy
 from scdm_jax.data import palettes
 from scdm_jax.inference import editor as editor_lib
 from scdm_jax.inference import loading
+from scdm_jax.inference import paint as paint_lib
 from scdm_jax.inference import runner
 from scdm_jax.inference import sampler
 from scdm_jax.io import images
 
 CORRUPTIONS = ("none",) + noisy.VARIANTS
+PAINT_SAMPLERS = paint_lib.SAMPLERS
+_PAINT_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass
@@ -246,6 +250,92 @@ class Model:
     if image.shape != (self.size, self.size, 3) or image.dtype != np.uint8:
       raise ValueError(f"{what}: expected a {self.size}x{self.size} RGB uint8 image, got "
                        f"{image.dtype} {image.shape}")
+
+
+class Painter:
+  """A loaded Paint-by-Example pipeline for the studio's exemplar tab (one device).
+
+  Args:
+    pipe: the pipeline (`inference.paint.PaintPipeline`).
+    where: a description of the weights, shown in the page.
+  """
+
+  def __init__(self, pipe: paint_lib.PaintPipeline, where: str):
+    self.pipe, self.where = pipe, where
+    self.factor = int(pipe.vae_config.downsample_factor)
+    self.progress = Progress()
+    self._compiled: set[tuple] = set()
+    self._lock = threading.Lock()
+
+  def _progress(self, call: int, total: int) -> None:
+    p = self.progress
+    p.phase, p.total, p.step = "sampling", int(total), max(p.step, int(call))
+
+  def crop(self, image: np.ndarray) -> np.ndarray:
+    """`image` cropped (bottom and right) to sides divisible by the VAE factor.
+
+    Raises:
+      ValueError: a side is shorter than the factor.
+    """
+    h, w = image.shape[:2]
+    f = self.factor
+    if h < f or w < f:
+      raise ValueError(f"photo: {w}x{h} is too small; Paint by Example needs sides of at "
+                       f"least {f} pixels (the released model works at 512x512)")
+    return image[:h - h % f, :w - w % f]
+
+  def paint(self, source: np.ndarray, mask: np.ndarray, exemplar: np.ndarray, *, steps: int,
+            guidance: float, seed: int, sampler: str,
+            paste_back: bool) -> tuple[np.ndarray, Timing]:
+    """Paints `exemplar` into the mask > 127 region of `source`: (H, W, 3) uint8, timing."""
+    h, w = source.shape[:2]
+    if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
+      raise ValueError(f"photo: expected an RGB uint8 image, got {source.dtype} {source.shape}")
+    if h % self.factor or w % self.factor:
+      raise ValueError(f"photo: {w}x{h} is not divisible by {self.factor}; upload it again "
+                       "(the page crops it)")
+    if mask.shape != (h, w):
+      raise ValueError(f"mask: expected {w}x{h} (the photo's size), got "
+                       f"{mask.shape[1]}x{mask.shape[0]}")
+    if not (mask > 127).any():
+      raise ValueError("mask: nothing is painted; paint the region to repaint first")
+    if sampler not in PAINT_SAMPLERS:
+      raise ValueError(f"sampler {sampler!r} is unknown; use one of {', '.join(PAINT_SAMPLERS)}")
+    with self._lock:
+      # What changes the compiled program (the pipeline keeps the programs themselves).
+      key = ("paint", h, w, steps, guidance > 1, sampler, paste_back)
+      new = key not in self._compiled
+      self.progress = Progress("compiling" if new else "sampling", 0, 0, time.perf_counter())
+      t0 = time.perf_counter()
+      try:
+        out = self.pipe.paint(source[None], mask[None], [exemplar],
+                              key=jax.random.key(int(seed)), num_steps=int(steps),
+                              guidance_scale=float(guidance), sampler=sampler,
+                              paste_back=bool(paste_back), progress=self._progress)
+      finally:
+        self.progress = Progress()
+      seconds = time.perf_counter() - t0
+      self._compiled.add(key)
+      # The pipeline returns [0, 1]; the same conversion as --mode paint (paste-back exact).
+      return images.to_uint8(np.asarray(out)[0] * 2.0 - 1.0), Timing(seconds, new)
+
+
+def load_painter(config: ml_collections.ConfigDict, path: str) -> Painter:
+  """Loads the Paint-by-Example weights at `path` (diffusers folder, model.ckpt or export).
+
+  `config.paint.weights_config` and `config.paint.dtype` apply as in `--mode paint`.
+  """
+  pc = config.paint
+  if str(pc.dtype) not in _PAINT_DTYPES:
+    raise ValueError(f"config.paint.dtype={pc.dtype!r}: use one of {sorted(_PAINT_DTYPES)}")
+  # One device, as for the SCDM model: one request is one image.
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
+  try:
+    pipe = paint_lib.PaintPipeline.load(path, config=str(pc.weights_config) or None,
+                                        dtype=_PAINT_DTYPES[str(pc.dtype)], mesh=mesh)
+  except FileNotFoundError as err:
+    raise FileNotFoundError(f"config.serve.paint_weights={path!r}: {err}") from None
+  return Painter(pipe, path)
 
 
 def _class_table(config: ml_collections.ConfigDict) -> palettes.ClassTable:

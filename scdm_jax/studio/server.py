@@ -11,6 +11,10 @@ Endpoints (JSON in and out; errors are `{"error": "<one line>"}` with a 4xx stat
   POST /api/masked       {source (PNG data URL), mask, ids, steps, guidance, seed, dilate}
   POST /api/label        {name, data (PNG data URL)}: the strict label loader's ids + report
   POST /api/image        {name, data (PNG/JPEG data URL)}: the image loader's pixels
+  POST /api/paint_source {name, data}: a photo for Paint by Example, cropped to the VAE factor
+  POST /api/paint        {source, mask (PNG data URLs, same size), exemplar (data URL),
+                          steps, guidance, seed, sampler, paste_back}: Paint by Example
+                          (only when the studio has a `backend.Painter`)
 
 Label maps travel as flat lists of class ids (-1 = unknown) at the model's label size, so
 the brush is exact and nothing is snapped; uploaded colour PNGs go through the strict
@@ -62,8 +66,9 @@ class Studio:
   """The state shared by all request handlers: models, limits, the request lock."""
 
   def __init__(self, model: backend.Model, compare: backend.Model | None = None,
-               limits: Limits | None = None, defaults: dict[str, Any] | None = None):
-    self.model, self.compare = model, compare
+               limits: Limits | None = None, defaults: dict[str, Any] | None = None,
+               painter: backend.Painter | None = None):
+    self.model, self.compare, self.painter = model, compare, painter
     self.limits = limits or Limits()
     self.defaults = defaults or {}
     self.busy = threading.Lock()
@@ -85,12 +90,16 @@ class Studio:
         "compare": None if self.compare is None else self.compare.where,
         "limits": dataclasses.asdict(self.limits),
         "compile_seconds": dict(m.compile_seconds),
+        "paint": None if self.painter is None else {
+            "where": self.painter.where, "factor": self.painter.factor,
+            "samplers": list(backend.PAINT_SAMPLERS)},
     }
 
   def progress(self) -> dict[str, Any]:
     p = self.model.progress
-    if self.compare is not None and self.compare.progress.phase != "idle":
-      p = self.compare.progress
+    for other in (self.compare, self.painter):
+      if other is not None and other.progress.phase != "idle":
+        p = other.progress
     elapsed = time.perf_counter() - p.started if p.phase != "idle" else 0.0
     return {"phase": p.phase, "step": p.step, "total": p.total, "elapsed": round(elapsed, 2)}
 
@@ -158,7 +167,42 @@ class Studio:
       raise UserError(str(err).replace(path, name)) from None
     return {"image": _png_url(img)}
 
+  def paint_source(self, req: dict[str, Any]) -> dict[str, Any]:
+    painter = self._painter()
+    raw = self._decode(req.get("data"), "photo")
+    with Image.open(io.BytesIO(raw)) as im:
+      image = np.asarray(im.convert("RGB"), np.uint8)
+    cropped = painter.crop(image)
+    return {"image": _png_url(cropped), "width": cropped.shape[1], "height": cropped.shape[0],
+            "cropped": cropped.shape != image.shape}
+
+  def paint(self, req: dict[str, Any]) -> dict[str, Any]:
+    painter = self._painter()
+    source = self._rgb(req, "source")
+    with Image.open(io.BytesIO(self._decode(req.get("mask"), "mask"))) as im:
+      mask = np.asarray(im.convert("L"), np.uint8)
+    exemplar = self._rgb(req, "exemplar")
+    steps = _number(req, "steps", int, 1, self.limits.max_steps)
+    guidance = round(_number(req, "guidance", float, 0.0, 20.0), 3)
+    seed = _number(req, "seed", int, 0, 2**31 - 1)
+    sampler = str(req.get("sampler", "pndm"))
+    image, timing = painter.paint(source, mask, exemplar, steps=steps, guidance=guidance,
+                                  seed=seed, sampler=sampler,
+                                  paste_back=bool(req.get("paste_back", False)))
+    return {"image": _png_url(image), "timing": _timing(timing)}
+
+  def _painter(self) -> backend.Painter:
+    if self.painter is None:
+      raise UserError("Paint by Example is off: start the studio with "
+                      "--config.serve.paint_weights=<Paint-by-Example folder or export>")
+    return self.painter
+
   # ------------------------------------------------------------------ parsing
+
+  def _rgb(self, req: dict[str, Any], field: str) -> np.ndarray:
+    """An image field of any size as (H, W, 3) uint8."""
+    with Image.open(io.BytesIO(self._decode(req.get(field), field))) as im:
+      return np.asarray(im.convert("RGB"), np.uint8)
 
   def _settings(self, req: dict[str, Any]) -> tuple[int, float, int, int]:
     lim = self.limits
@@ -257,8 +301,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
   server_version = "scdm-studio"
   _POST = {"/api/generate": "generate", "/api/sdedit": "sdedit", "/api/masked": "masked",
-           "/api/label": "upload_label", "/api/image": "upload_image"}
-  _MODEL_CALLS = ("generate", "sdedit", "masked")
+           "/api/label": "upload_label", "/api/image": "upload_image",
+           "/api/paint_source": "paint_source", "/api/paint": "paint"}
+  _MODEL_CALLS = ("generate", "sdedit", "masked", "paint")
 
   def log_message(self, fmt, *args):  # quiet: the console shows the URL and errors only
     del fmt, args

@@ -429,6 +429,216 @@ async function uploadImage() {
   $("upload-image").value = "";
 }
 
+// ------------------------------------------------------------------ Paint by Example
+// State: the photo (RGBA pixels at its own size), the mask (1 = repaint) and the exemplar.
+const P = {source: null, sourceUrl: null, w: 0, h: 0, mask: null, exemplar: null,
+           drawing: false, last: null};
+
+function showTab(name) {
+  $("tab-labels").hidden = name !== "labels";
+  $("tab-paint").hidden = name !== "paint";
+  $("tab-btn-labels").classList.toggle("active", name === "labels");
+  $("tab-btn-paint").classList.toggle("active", name === "paint");
+}
+
+function paintError(msg) { $("paint-error").textContent = msg || ""; }
+
+function paintRender() {
+  if (!P.source) return;
+  const cv = $("paint-canvas"), ctx = cv.getContext("2d");
+  const img = ctx.createImageData(P.w, P.h);
+  img.data.set(P.source);
+  for (let i = 0; i < P.w * P.h; i++) {
+    if (!P.mask[i]) continue;  // repaint region: blended with red
+    img.data[4 * i] = (img.data[4 * i] + 255) >> 1;
+    img.data[4 * i + 1] >>= 1;
+    img.data[4 * i + 2] >>= 1;
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+function paintPixel(ev) {
+  const cv = $("paint-canvas"), r = cv.getBoundingClientRect();
+  return [Math.floor((ev.clientX - r.left) * P.w / r.width),
+          Math.floor((ev.clientY - r.top) * P.h / r.height)];
+}
+
+function paintStamp(cx, cy) {
+  const rad = parseInt($("paint-brush").value, 10) / 2;
+  for (let y = Math.floor(cy - rad); y <= cy + rad; y++) {
+    for (let x = Math.floor(cx - rad); x <= cx + rad; x++) {
+      if (x < 0 || y < 0 || x >= P.w || y >= P.h) continue;
+      if ((x - cx) ** 2 + (y - cy) ** 2 <= rad * rad + 0.5) P.mask[y * P.w + x] = 1;
+    }
+  }
+}
+
+function paintLine(a, b) {
+  const n = Math.max(Math.abs(b[0] - a[0]), Math.abs(b[1] - a[1]), 1);
+  for (let i = 0; i <= n; i++) {
+    paintStamp(Math.round(a[0] + (b[0] - a[0]) * i / n), Math.round(a[1] + (b[1] - a[1]) * i / n));
+  }
+}
+
+function maskDataUrl() {
+  const cv = document.createElement("canvas");
+  cv.width = P.w; cv.height = P.h;
+  const ctx = cv.getContext("2d"), img = ctx.createImageData(P.w, P.h);
+  for (let i = 0; i < P.w * P.h; i++) {
+    const v = P.mask[i] ? 255 : 0;
+    img.data.set([v, v, v, 255], 4 * i);
+  }
+  ctx.putImageData(img, 0, 0);
+  return cv.toDataURL("image/png");
+}
+
+function loadPixels(url) {
+  return new Promise((resolve, reject) => {
+    const im = new Image();
+    im.onload = () => {
+      const cv = document.createElement("canvas");
+      cv.width = im.naturalWidth; cv.height = im.naturalHeight;
+      const ctx = cv.getContext("2d");
+      ctx.drawImage(im, 0, 0);
+      resolve({w: cv.width, h: cv.height, data: ctx.getImageData(0, 0, cv.width, cv.height).data});
+    };
+    im.onerror = () => reject(new Error("the image could not be decoded"));
+    im.src = url;
+  });
+}
+
+async function setPaintSource(url) {
+  const px = await loadPixels(url);
+  P.source = px.data; P.sourceUrl = url; P.w = px.w; P.h = px.h;
+  P.mask = new Uint8Array(P.w * P.h);
+  const cv = $("paint-canvas");
+  cv.width = P.w; cv.height = P.h;
+  // Small photos are enlarged to a usable size; large ones shrink to fit (CSS max size).
+  const scale = Math.max(1, Math.floor(512 / Math.max(P.w, P.h)));
+  cv.style.width = `${P.w * scale}px`; cv.style.height = `${P.h * scale}px`;
+  paintRender();
+  document.body.dataset.paintSource = `${P.w}x${P.h}`;  // the browser test waits for this
+}
+
+async function paintUploadSource() {
+  paintError("");
+  try {
+    const f = await readFile($("paint-upload-source"));
+    const out = await api("/api/paint_source", f);
+    await setPaintSource(out.image);
+    $("paint-message").textContent = `${f.name}: ${out.width}x${out.height}` +
+      (out.cropped ? ` (cropped to a multiple of ${S.info.paint.factor})` : "");
+  } catch (e) { paintError(e.message); }
+  $("paint-upload-source").value = "";
+}
+
+function setExemplarFile(f) {
+  paintError("");
+  if (!f) return;
+  if (f.size > S.info.limits.max_body_bytes * 0.3) {
+    paintError(`${f.name}: ${f.size} bytes is over the upload limit`);
+    return;
+  }
+  const r = new FileReader();
+  r.onload = () => {
+    P.exemplar = r.result;
+    $("paint-exemplar").src = r.result;
+    $("paint-exemplar").hidden = false;
+    document.body.dataset.paintExemplar = f.name;
+  };
+  r.onerror = () => paintError(`${f.name}: could not be read`);
+  r.readAsDataURL(f);
+}
+
+let paintPolling = null;
+
+async function paintRun() {
+  paintError("");
+  if (!P.source) { paintError("upload a photo first"); return; }
+  if (!P.mask.some((v) => v)) { paintError("paint the region to repaint on the photo first"); return; }
+  if (!P.exemplar) { paintError("drop an exemplar image first"); return; }
+  const body = {
+    source: P.sourceUrl, mask: maskDataUrl(), exemplar: P.exemplar,
+    steps: parseInt($("paint-steps").value, 10), guidance: parseFloat($("paint-guidance").value),
+    seed: parseInt($("paint-seed").value, 10), sampler: $("paint-sampler").value,
+    paste_back: $("paint-paste-back").checked,
+  };
+  const buttons = document.querySelectorAll("button.primary");
+  buttons.forEach((b) => { b.disabled = true; });  // one request at a time
+  $("paint-progress").hidden = false;
+  $("paint-progress-bar").style.width = "0";
+  $("paint-progress-text").textContent = "starting";
+  paintPolling = setInterval(async () => {
+    try {
+      const p = await api("/api/progress");
+      if (p.phase === "compiling") {
+        $("paint-progress-text").textContent = `compiling ${p.elapsed.toFixed(1)} s`;
+      } else if (p.phase === "sampling" && p.total) {
+        $("paint-progress-bar").style.width = `${100 * p.step / p.total}%`;
+        $("paint-progress-text").textContent = `network call ${p.step} / ${p.total}`;
+      }
+    } catch (e) { /* the next poll tries again */ }
+  }, 250);
+  try {
+    const out = await api("/api/paint", body);
+    const img = document.createElement("img");
+    img.src = out.image;
+    img.className = "paint-result";
+    $("paint-results").prepend(img);
+    $("paint-timing").textContent = timingText("paint", out.timing);
+  } catch (e) {
+    paintError(e.message);
+  } finally {
+    clearInterval(paintPolling);
+    $("paint-progress").hidden = true;
+    buttons.forEach((b) => { b.disabled = false; });
+  }
+}
+
+function setupPaint() {
+  const info = S.info.paint, d = S.info.defaults.paint || {};
+  $("tabs").hidden = false;
+  $("tab-btn-labels").addEventListener("click", () => showTab("labels"));
+  $("tab-btn-paint").addEventListener("click", () => showTab("paint"));
+  for (const name of info.samplers) {
+    const o = document.createElement("option");
+    o.value = o.textContent = name;
+    $("paint-sampler").appendChild(o);
+  }
+  if (d.steps !== undefined) $("paint-steps").value = d.steps;
+  if (d.guidance !== undefined) $("paint-guidance").value = d.guidance;
+  if (d.seed !== undefined) $("paint-seed").value = d.seed;
+  if (d.sampler !== undefined) $("paint-sampler").value = d.sampler;
+  $("paint-paste-back").checked = !!d.paste_back;
+  const cv = $("paint-canvas");
+  cv.addEventListener("mousedown", (ev) => {
+    if (!P.source) return;
+    P.drawing = true; P.last = paintPixel(ev);
+    paintStamp(...P.last); paintRender();
+  });
+  cv.addEventListener("mousemove", (ev) => {
+    if (!P.drawing) return;
+    const p = paintPixel(ev);
+    paintLine(P.last, p); P.last = p; paintRender();
+  });
+  window.addEventListener("mouseup", () => { P.drawing = false; });
+  $("paint-clear").addEventListener("click", () => { if (P.mask) { P.mask.fill(0); paintRender(); } });
+  $("paint-upload-source").addEventListener("change", paintUploadSource);
+  $("paint-upload-exemplar").addEventListener("change", () => {
+    setExemplarFile($("paint-upload-exemplar").files[0]);
+    $("paint-upload-exemplar").value = "";
+  });
+  const drop = $("paint-drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault(); drop.classList.remove("over");
+    setExemplarFile(e.dataTransfer.files[0]);
+  });
+  $("paint-run").addEventListener("click", paintRun);
+  $("model-info").textContent += ` | Paint by Example: ${info.where}`;
+}
+
 // ------------------------------------------------------------------ start
 
 async function main() {
@@ -466,6 +676,7 @@ async function main() {
   $("upload-label").addEventListener("change", uploadLabel);
   $("upload-image").addEventListener("change", uploadImage);
   $("t0").addEventListener("input", () => { $("t0-value").textContent = $("t0").value; });
+  if (S.info.paint) setupPaint();
   selectClass(0);
   render();
   document.body.dataset.ready = "1";  // the browser test waits for this
