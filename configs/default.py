@@ -25,6 +25,8 @@ Schema (sections):
   task       what `--mode train` trains: scdm (default) | paint_by_example.
   paint_train  `--mode train` with task=paint_by_example: init weights, exemplar dropout,
              scene size (optim and train are shared; no EMA; data: the boxes source).
+  serve      `--mode serve` (the browser painter): host, port, checkpoint(s), limits,
+             the Paint-by-Example tab's weights.
   mesh       device mesh: data x fsdp (-1 = fill in), fsdp_min_size.
   init_from  optional inference checkpoint (save_export format) to start training from.
 """
@@ -227,6 +229,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.paint_train.mask_resize = "bilinear"  # keep mask -> latents: bilinear (official torchvision Resize) | nearest
   config.paint_train.image_size = 512  # scene side S in pixels (divisible by the VAE factor)
   config.paint_train.export_dir = ""  # trained pipeline for --mode paint ("" = <workdir>/export)
+
+  # ------------------------------------------------------------------------- serve
+  config.serve = ml_collections.ConfigDict()  # --mode serve: the browser painter
+  config.serve.host = "127.0.0.1"  # localhost only; "0.0.0.0" exposes it to the network
+  config.serve.port = 8765  # 0 = any free port (the URL is printed)
+  config.serve.checkpoint = ""  # "" = as --mode sample (sample.checkpoint, <workdir>/export, ...)
+  config.serve.compare_checkpoint = ""  # a second (e.g. SDM) export shown side by side
+  config.serve.steps = 25  # default sampling steps in the page
+  config.serve.num_samples = 2  # default samples per generation
+  config.serve.max_upload_mb = 8  # request body limit
+  config.serve.max_upload_pixels = 4096 * 4096  # decoded upload limit
+  # A Paint-by-Example folder, model.ckpt or export (as paint.weights) for the page's
+  # exemplar tab ("" = no tab); paint.{num_steps, guidance_scale, sampler, paste_back} are
+  # its defaults, paint.{weights_config, dtype} apply as in --mode paint.
+  config.serve.paint_weights = ""
 
   # -------------------------------------------------------------------------- mesh
   config.mesh = ml_collections.ConfigDict()

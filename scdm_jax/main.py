@@ -10,6 +10,7 @@ Modes:
   evaluate  metrics of the samples against a split (config.eval; docs/evaluation.md).
   paint     Paint by Example: an exemplar painted into the masked region of a photo
             (config.paint; docs/paint_by_example.md).
+  serve     the browser painter: paint a label map, generate, edit (config.serve; README).
   corrupt   the noisy-label benchmark: passes the remaining arguments after `--` to
             `python -m scdm_jax.data.corrupt`.
 
@@ -43,6 +44,7 @@ from scdm_jax.modes import evaluate
 from scdm_jax.modes import export
 from scdm_jax.modes import paint
 from scdm_jax.modes import sample
+from scdm_jax.modes import serve
 from scdm_jax.modes import train
 
 # --mode name -> module with `run(config, workdir, ...)`.
@@ -53,6 +55,7 @@ MODES = {
     "evaluate": evaluate,
     "export": export,
     "paint": paint,
+    "serve": serve,
     "corrupt": corrupt,
 }
 
