@@ -6,7 +6,11 @@ shardings (state.py) and donated to the step (training/step.py). Each process fe
 own slice of the global batch (`sharding.to_global`).
 
 Resume: `<workdir>/checkpoints/` is an orbax CheckpointManager (checkpointing.py). On start
-the newest step is restored (params, EMA, optimizer, RNG, data position) and the log says
+the newest readable step's meta is compared with the config (`recipe.check_resume_meta`:
+model shape, classes, diffusion, label schedule and psi) before any array is read, and a
+mismatch is refused in one line. An unreadable step (missing files, garbage meta, a
+truncated data file) is skipped with a warning and moved to `checkpoints_unreadable/`;
+the next older step is used. The newest readable step is restored (params, EMA, optimizer, RNG, data position) and the log says
 "resumed from step N"; the input pipeline restarts exactly at the saved data position
 (`create_dataset(..., start_step=...)`). SIGTERM (preemption) saves a checkpoint at the
 current step and returns. A non-finite loss or gradient norm stops the run with
@@ -15,7 +19,7 @@ itself also refuses non-finite updates).
 
 The label schedule's psi comes from `recipe.resolve_psi`; it is stored in every
 checkpoint's meta and in exports, so sampling uses the exact schedule the model was trained
-with.
+with (and resuming with a different psi is refused).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from scdm_jax.io import images as image_io
 from scdm_jax.io import progress
 from scdm_jax.training import preemption
 from scdm_jax.training import step as step_lib
+from scdm_jax.training import workdir_lock
 
 
 def _memory_note(abstract: state_lib.TrainState, mesh) -> str:
@@ -60,11 +65,25 @@ def _memory_note(abstract: state_lib.TrainState, mesh) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) in `workdir`; returns a small summary (last step and metrics)."""
+  """Trains (or resumes) in `workdir`; returns a small summary (last step and metrics).
+
+  Holds `<workdir>/train.lock` (training/workdir_lock.py) for the whole run, so a second
+  trainer on the same workdir stops with a one-line error.
+  """
   if not workdir:
     raise ValueError("--mode train needs --workdir (where checkpoints and logs go).")
   workdir = fileio.absolute(workdir)
   fileio.makedirs(workdir)
+  lock = workdir_lock.WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    return _train(config, workdir)
+  finally:
+    lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   tc = config.train
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
@@ -89,23 +108,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   ckpt = checkpointing.TrainCheckpointer(
       os.path.join(workdir, "checkpoints"), keep_last=int(tc.keep_last),
       keep_every=int(tc.keep_every), async_save=bool(tc.async_checkpoint))
-  latest = ckpt.latest_step()
   data_pos = 0
-  if latest is not None:
+  latest = None
+  if ckpt.latest_step() is not None:
     abstract_ckpt = state_lib.abstract_with_shardings(
         state_lib.to_checkpoint(abstract), state_lib.to_checkpoint(shardings))
     abstract_ckpt["data_pos"] = np.zeros((), np.int64)  # host value, restored as numpy
-    tree, old_meta = ckpt.restore(latest, abstract_ckpt)
+
+    def check_meta(step_, old_meta):
+      # Before orbax reads an array: a changed setup is one line, not a shape error.
+      recipe.check_resume_meta(old_meta, config, psi,
+                               what=f"resuming {os.path.join(ckpt.directory, str(step_))}")
+
+    try:
+      latest, tree, _ = ckpt.restore_newest_readable(abstract_ckpt, check_meta)
+    except ValueError:
+      ckpt.close()
+      raise
     data_pos = int(tree.pop("data_pos"))
     st = state_lib.from_checkpoint(tree, abstract)
-    if old_meta.get("label_schedule", {}).get("psi") is not None and psi is not None:
-      old_psi = np.asarray(old_meta["label_schedule"]["psi"])
-      if old_psi.shape != psi.shape or not np.allclose(old_psi, psi):
-        logging.warning("psi differs from the one the checkpoint was trained with; "
-                        "continuing with the checkpoint's psi.")
-        psi = old_psi
-        label_schedule = recipe.make_label_schedule(config, psi)
-        meta = recipe.run_meta(config, psi)
     logging.info("resumed from step %d (data position %d) in %s", latest, data_pos,
                  ckpt.directory)
   else:
