@@ -270,6 +270,21 @@ def label_schedule_for(config: ml_collections.ConfigDict,
   return make_label_schedule(config, psi, kind)
 
 
+def check_counts(config: ml_collections.ConfigDict, section: str,
+                 minimums: dict[str, int]) -> None:
+  """Refuses counts below their minimum (e.g. `num_samples=0`) before anything compiles.
+
+  Raises:
+    ValueError: one line naming `config.<section>.<key>`, its value and the minimum.
+  """
+  for key, low in minimums.items():
+    value = config[section][key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      what = "0 = off" if low == 0 else f"at least {low}"
+      raise ValueError(f"config.{section}.{key}={value!r}: must be an integer, {what} "
+                       "(see configs/default.py).")
+
+
 def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """`{"train.batch_size": 8, ...}`: scalars as they are, anything else as its str()."""
   out = {}

@@ -83,8 +83,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     lock.release()
 
 
+# Minimum of each train count; checkpoint_every=0 saves only at the end and on preemption.
+TRAIN_COUNTS = {"total_steps": 1, "batch_size": 1, "grad_accum": 1, "log_every": 1,
+                "checkpoint_every": 0, "sample_every": 0, "num_sample_maps": 1,
+                "keep_last": 0, "keep_every": 0}
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   tc = config.train
+  recipe.check_counts(config, "train", TRAIN_COUNTS)  # before anything is built
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
@@ -151,16 +158,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   start_step = int(jax.device_get(state_lib.step_of(st)))
   if latest is not None and start_step != latest:
     logging.warning("Checkpoint %d holds optimizer step %d.", latest, start_step)
-  compiled, _ = step_lib.compile_train_step(config, graphs, diffusion, label_schedule, mesh,
-                                            shardings, abstract, per_process_batch)
-
   total = int(tc.total_steps)
   summary: dict[str, Any] = {"start_step": start_step, "step": start_step}
-  if start_step >= total:
-    logging.info("Nothing to do: step %d >= total_steps %d.", start_step, total)
+  if start_step >= total:  # before compiling: a finished run returns at once
+    logging.warning("Nothing to do: the checkpoint is at step %d and total_steps is %d; "
+                    "raise --config.train.total_steps to train on.", start_step, total)
     ckpt.close()
     writer.close()
     return summary
+  compiled, _ = step_lib.compile_train_step(config, graphs, diffusion, label_schedule, mesh,
+                                            shardings, abstract, per_process_batch)
 
   it = datasets.create_dataset(
       config.data, config.data.train_split, batch_size=per_process_batch,
@@ -240,7 +247,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             image_io.save_png(os.path.join(workdir, "images", "grid_latest.png"), grid)
 
       preempted = preempt.reached(step)
-      if step % int(tc.checkpoint_every) == 0 or last or preempted:
+      every = int(tc.checkpoint_every)
+      if (every and step % every == 0) or last or preempted:
         if pending is not None:
           drain(pending)  # never checkpoint a state that followed a non-finite step
           pending = None
