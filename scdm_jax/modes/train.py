@@ -15,7 +15,9 @@ the next older step is used. The newest readable step is restored (params, EMA, 
 (`create_dataset(..., start_step=...)`). SIGTERM (preemption) saves a checkpoint at the
 current step and returns. A non-finite loss or gradient norm stops the run with
 `FloatingPointError` without writing a checkpoint, so the last good one is kept (the step
-itself also refuses non-finite updates).
+itself also refuses non-finite updates); so does a finite but insane step (training/guard.py:
+grad norm > 1e3 x its running median, or param norm jumping > 100x), so every checkpoint
+on disk is sane and the next start resumes from the last sane step.
 
 The label schedule's psi comes from `recipe.resolve_psi`; it is stored in every
 checkpoint's meta and in exports, so sampling uses the exact schedule the model was trained
@@ -37,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 
 from scdm_jax import checkpointing
@@ -48,6 +51,7 @@ from scdm_jax.inference import grid as grid_lib
 from scdm_jax.io import fileio
 from scdm_jax.io import images as image_io
 from scdm_jax.io import progress
+from scdm_jax.training import guard as guard_lib
 from scdm_jax.training import preemption
 from scdm_jax.training import step as step_lib
 from scdm_jax.training import workdir_lock
@@ -194,10 +198,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   window: list[dict[str, float]] = []
   t_window, n_window = time.time(), 0
 
+  guard = guard_lib.SanityGuard(float(jax.device_get(optax.tree.norm(st.params))))
+
   def drain(p):
-    """Fetches a finished step's metrics; raises on non-finite values."""
+    """Fetches a finished step's metrics; raises on non-finite or insane values."""
     s, m = p
     host = {k: float(v) for k, v in jax.device_get(m).items()}
+    if host["finite"] >= 1.0 and math.isfinite(host["loss"]):
+      reason = guard.check(host)
+      if reason is not None:
+        steps = ckpt.all_steps()
+        last = (f"step {steps[-1]}, which the next start resumes from" if steps else
+                "none yet: the next start begins from scratch")
+        raise FloatingPointError(
+            f"Sanity guard tripped at step {s}: {reason}. Stopping without saving this "
+            f"state; the last sane checkpoint in {ckpt.directory} is {last}. Lower "
+            "optim.lr or set optim.grad_clip.")
     if host["finite"] < 1.0 or not math.isfinite(host["loss"]):
       raise FloatingPointError(
           f"Non-finite loss, gradient or update at step {s} (loss={host['loss']}, grad_norm="
