@@ -1,6 +1,6 @@
 """Config and run control (issue 14, P3): config errors in one line with the closest key,
 counts refused before compiling, a finished run returns before compiling, preemption exits
-with EX_TEMPFAIL."""
+with EX_TEMPFAIL, a stale export is warned about."""
 
 import os
 import pathlib
@@ -8,10 +8,15 @@ import subprocess
 import sys
 import textwrap
 
+from absl import logging as absl_logging
 from conftest import load_config
+import numpy as np
 import pytest
 
+from scdm_jax import checkpointing
 from scdm_jax import main as main_lib
+from scdm_jax import recipe
+from scdm_jax.inference import loading
 from scdm_jax.modes import edit
 from scdm_jax.modes import sample
 from scdm_jax.modes import train
@@ -101,3 +106,14 @@ def test_preempted_run_exits_75(tmp_path):
                         capture_output=True, text=True, timeout=300,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == main_lib.EXIT_PREEMPTED == 75, proc.stderr[-2000:]
+
+
+def test_sampling_an_export_older_than_the_newest_checkpoint_warns(tmp_path, monkeypatch):
+  config = load_config("tiny")
+  meta = dict(recipe.run_meta(config, recipe.resolve_psi(config)), step=1)
+  checkpointing.save_export(tmp_path / "export", {"w": np.zeros((2,), np.float32)}, meta)
+  (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+  seen = []
+  monkeypatch.setattr(absl_logging, "warning", lambda msg, *a: seen.append(msg % a))
+  loading.load_weights(config, str(tmp_path))
+  assert any("of step 1" in w and "(step 5)" in w and "--mode export" in w for w in seen), seen
