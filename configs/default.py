@@ -131,10 +131,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.total_steps = 100_000
   config.train.batch_size = 40  # GLOBAL batch over all devices and hosts
   config.train.grad_accum = 1  # micro-batches per step (memory knob)
-  config.train.log_every = 100
+  config.train.log_every = 100  # at least 1
   config.train.sample_every = 5000  # sample grid (0 = off)
   config.train.num_sample_maps = 4  # label maps in the grid
-  config.train.checkpoint_every = 1000
+  config.train.checkpoint_every = 1000  # 0 = only at the end and on preemption
   config.train.keep_last = 3
   config.train.keep_every = 50_000  # also keep every K-th step (0 = off)
   config.train.async_checkpoint = True

@@ -25,7 +25,8 @@ Keeping orbax behind this one module means a move to the orbax v1 API touches on
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+import time
+from typing import Any, Callable, Mapping
 
 from absl import logging
 import jax
@@ -245,6 +246,79 @@ class TrainCheckpointer:
       return []
     return [k for k, v in tree.items()
             if k not in abstract_state and isinstance(v, Mapping) and not jax.tree.leaves(v)]
+
+  def restore_newest_readable(
+      self, abstract_state: Any,
+      check_meta: Callable[[int, dict[str, Any]], None] | None = None,
+      steps: list[int] | None = None) -> tuple[int, Any, dict[str, Any]] | None:
+    """Restores the newest step that reads back completely; None without any step.
+
+    A step whose files are missing (an empty folder, a deleted `_METADATA`), whose meta
+    is not JSON, or whose arrays do not read back (a truncated or deleted data file) is
+    skipped with one warning naming the step and why; the next older step is tried.
+
+    Args:
+      abstract_state: as for `restore`.
+      check_meta: called as `check_meta(step, meta)` with each step's meta BEFORE its
+        arrays are restored; a ValueError it raises (a config mismatch) is passed on,
+        not treated as an unreadable step.
+      steps: the candidate steps (default: `all_steps()`).
+
+    Returns:
+      `(step, state, meta)`.
+
+    Raises:
+      ValueError: if there are steps but none of them is readable.
+    """
+    steps = self.all_steps() if steps is None else sorted(steps)
+    if not steps:
+      return None
+    skipped = []
+    for step in reversed(steps):
+      try:
+        self._check_step_files(step)
+        meta = self.restore_meta(step)
+      except Exception as e:  # pylint: disable=broad-except  # orbax/json/OS errors alike
+        skipped.append(self._skip(step, e))
+        continue
+      if check_meta is not None:
+        check_meta(step, meta)
+      try:
+        state, _ = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        skipped.append(self._skip(step, e))
+        continue
+      self._set_aside([int(r.split()[1].rstrip(":")) for r in skipped])
+      return step, state, meta
+    raise ValueError(
+        f"{self.directory}: no readable checkpoint ({'; '.join(skipped)}). Move that "
+        "folder away (or use a new --workdir) to start fresh.")
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unreadable steps to `<root>_unreadable/` (kept for a look, out of the way:
+    otherwise `save` would find the step number taken and never rewrite it)."""
+    if not steps or fileio.is_url(self.directory):
+      return
+    aside = self.directory.rstrip("/") + "_unreadable"
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      dest = os.path.join(aside, f"{step}_{int(time.time())}")
+      os.replace(os.path.join(self.directory, str(step)), dest)
+      logging.warning("Moved unreadable checkpoint step %d to %s.", step, dest)
+    self._mngr.reload()
+
+  def _skip(self, step: int, error: Exception) -> str:
+    reason = f"step {step}: {type(error).__name__}: {error}".splitlines()[0][:300]
+    logging.warning("Checkpoint %s is unreadable, skipping it (%s).",
+                    os.path.join(self.directory, str(step)), reason)
+    return reason
+
+  def _check_step_files(self, step: int) -> None:
+    """The files every committed step has (orbax may still restore without some)."""
+    root = os.path.join(self.directory, str(step))
+    for rel in (os.path.join(_STATE, "_METADATA"), os.path.join(_META, "metadata")):
+      if not fileio.exists(os.path.join(root, rel)):
+        raise FileNotFoundError(f"{rel} is missing")
 
   def restore_meta(self, step: int) -> dict[str, Any]:
     """Reads only the JSON meta of `step`."""

@@ -17,7 +17,10 @@ Modes:
 Overrides: `--config.train.batch_size=8 --config.model.dtype=bfloat16`.
 Errors a user can cause (a bad label file, a missing folder, a checkpoint that does not match)
 end in one line, `scdm_jax: error: <what, where, what to do>`, and exit status 1; set
-SCDM_TRACEBACK=1 to see the Python traceback as well.
+SCDM_TRACEBACK=1 to see the Python traceback as well. A config that does not load (a missing
+file or variant, an unknown `--config.<key>`: the closest valid key is suggested) ends the
+same way. A training run stopped by SIGTERM saves a checkpoint and exits with status 75
+(EX_TEMPFAIL, `EXIT_PREEMPTED`) so that a scheduler requeues it.
 Multi-host: `jax.distributed.initialize()` runs when --distributed is set, or when the
 environment names a coordinator (JAX_COORDINATOR_ADDRESS, SLURM, or a Cloud TPU pod slice,
 SCDM_DISTRIBUTED=1). Each mode is `scdm_jax.modes.<name>.run(config, workdir)`; `MODES`
@@ -26,6 +29,8 @@ maps the --mode names to those modules, and nothing else imports a mode.
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import logging as std_logging
 import os
 import sys
@@ -109,6 +114,10 @@ class _QuietOrbax(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+# Exit status of a training run stopped by SIGTERM after saving its checkpoint (EX_TEMPFAIL
+# of sysexits.h: "try again later"), so schedulers can requeue instead of seeing success.
+EXIT_PREEMPTED = 75
+
 # What our own checks raise for bad input; each message names the file or value and the fix.
 _USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError,
                 FloatingPointError, ImportError)
@@ -159,14 +168,85 @@ def _dispatch(argv):
 
   recipe.warn_deprecated(FLAGS.config)
   extra = {"export_dir": FLAGS.export_dir} if FLAGS.mode == "export" else {}
-  MODES[FLAGS.mode].run(FLAGS.config, FLAGS.workdir, **extra)
+  result = MODES[FLAGS.mode].run(FLAGS.config, FLAGS.workdir, **extra)
+  if isinstance(result, dict) and result.get("preempted"):
+    # A distinct status so a scheduler requeues the job (it resumes from the checkpoint).
+    logging.warning("Exiting with status %d (preempted; run again to resume).",
+                    EXIT_PREEMPTED)
+    return EXIT_PREEMPTED
   return 0
+
+
+def _config_arg(argv: list[str]) -> str | None:
+  for i, a in enumerate(argv):
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+    if a.startswith("--config="):
+      return a[len("--config="):]
+  return None
+
+
+def _flat_keys(config, prefix: str = "") -> list[str]:
+  out = []
+  for k, v in config.items():
+    out.append(prefix + k)
+    if hasattr(v, "items"):
+      out += _flat_keys(v, f"{prefix}{k}.")
+  return out
+
+
+def _explain_flag_error(argv: list[str], err: BaseException) -> str:
+  """One line for a command line that does not parse: a missing config file or variant,
+  an unknown --config.<key> (with the closest valid key), or a bad value."""
+  spec = _config_arg(argv)
+  if spec:
+    path, _, variant = spec.partition(":")
+    if not os.path.isfile(path):
+      folder = os.path.dirname(path) or "."
+      presets = sorted(f for f in os.listdir(folder) if f.endswith(".py")) \
+          if os.path.isdir(folder) else []
+      close = difflib.get_close_matches(os.path.basename(path), presets, n=1)
+      hint = f"did you mean {os.path.join(folder, close[0])}?" if close else \
+          f"the presets in {folder}: {', '.join(presets) or 'none'}"
+      return f"--config {path}: no such config file; {hint}"
+    try:
+      module_spec = importlib.util.spec_from_file_location("_scdm_config_check", path)
+      module = importlib.util.module_from_spec(module_spec)
+      module_spec.loader.exec_module(module)
+      config = module.get_config(variant) if variant else module.get_config()
+    except Exception as e:  # pylint: disable=broad-except  # the preset's own error
+      return f"--config {spec}: {e}".splitlines()[0]
+    keys = _flat_keys(config)
+    for a in argv:
+      if a.startswith("--config.") and "=" in a:
+        key = a[len("--config."):].split("=", 1)[0]
+        if key not in keys:
+          close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+          hint = f"did you mean --config.{close[0]}?" if close else \
+              "see configs/default.py for every key"
+          return f"--config.{key}: no such config key in {path}; {hint}"
+  text = str(err).strip() or type(err).__name__
+  return text.splitlines()[0]
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a config that does not load ending in one line (exit 1)."""
+  try:
+    rest = FLAGS(argv)
+    if FLAGS.config is not None:
+      FLAGS.config.get("train")  # the file is loaded lazily; fail here, not in a mode
+    return rest
+  except Exception as err:  # pylint: disable=broad-except  # any config load failure
+    if os.environ.get("SCDM_TRACEBACK"):
+      raise
+    print(f"scdm_jax: error: {_explain_flag_error(argv, err)}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def run():
   # Lets --jax_* flags (e.g. --jax_disable_most_optimizations) be set on the command line.
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ and exporting agree on what a config means:
 * `make_diffusion`, `make_label_schedule`, `resolve_psi`: the image chain and the label
   schedule. psi comes from `config.diffusion.psi_path` (.npy), or, for the procedural
   dataset, from the class statistics of its train split.
-* `run_meta`, `check_meta_matches`, `label_schedule_for`: what a checkpoint records about
-  its run, the refusal of a checkpoint that does not fit the config, and the label schedule
-  a checkpoint was trained with.
+* `run_meta`, `check_meta_matches`, `check_resume_meta`, `label_schedule_for`: what a
+  checkpoint records about its run, the refusal of a checkpoint that does not fit the
+  config (or, on resume, was trained with another setup), and the label schedule a
+  checkpoint was trained with.
 """
 
 from __future__ import annotations
@@ -191,6 +192,66 @@ def check_meta_matches(meta: dict[str, Any], config: ml_collections.ConfigDict, 
         "checkpoint trained for this dataset.")
 
 
+# UNetConfig fields a resumed run may change: they do not change the parameters' shapes.
+RESUMABLE_MODEL_FIELDS = ("dtype", "remat", "dropout", "onehot_lookup")
+
+
+def check_resume_meta(meta: dict[str, Any], config: ml_collections.ConfigDict,
+                      psi: np.ndarray | None, *, what: str) -> None:
+  """Refuses to resume a training checkpoint that was made with a different setup.
+
+  Compares the model shape, the class count / table, the diffusion chain and the label
+  schedule (kind and psi) of the checkpoint's meta with `config`. Called before any array
+  is restored, so a mismatch is one line instead of an orbax shape error.
+
+  Raises:
+    ValueError: naming the first differing key, both values and the two ways on.
+  """
+  how = (" To start fresh, use a new --workdir; to fine-tune from this checkpoint, export "
+         "it (--mode export) and train in a new --workdir with config.init_from=<export>; "
+         "or set the config back to the checkpoint's value.")
+  want_model = unet_config(config).to_dict()
+  got_model = meta.get("model") or {}
+  for key in sorted(want_model):
+    if key in got_model and key not in RESUMABLE_MODEL_FIELDS and \
+        _jsonable(got_model[key]) != _jsonable(want_model[key]):
+      raise ValueError(f"{what}: refusing to resume: model.{key} is {got_model[key]!r} in "
+                       f"the checkpoint but {want_model[key]!r} in the config." + how)
+  try:
+    check_meta_matches(meta, config, what=what)
+  except ValueError as e:
+    raise ValueError(f"{e}{how}") from None
+  recorded = meta.get("diffusion") or {}
+  for key, want in (("beta_schedule", config.diffusion.beta_schedule),
+                    ("num_steps", int(config.diffusion.num_steps))):
+    if key in recorded and recorded[key] != want:
+      raise ValueError(f"{what}: refusing to resume: diffusion.{key} is {recorded[key]!r} "
+                       f"in the checkpoint but {want!r} in the config." + how)
+  schedule = meta.get("label_schedule") or {}
+  kind = schedule.get("kind")
+  if kind is not None and kind != config.diffusion.label_schedule:
+    raise ValueError(f"{what}: refusing to resume: diffusion.label_schedule is {kind!r} in "
+                     f"the checkpoint but {config.diffusion.label_schedule!r} in the "
+                     "config." + how)
+  old_psi = schedule.get("psi")
+  if old_psi is not None and psi is not None:
+    old_psi = np.asarray(old_psi, np.float64)
+    if old_psi.shape != np.shape(psi) or not np.allclose(old_psi, psi, rtol=1e-6):
+      n = int(np.sum(~np.isclose(old_psi, psi, rtol=1e-6))) \
+          if old_psi.shape == np.shape(psi) else old_psi.size
+      raise ValueError(f"{what}: refusing to resume: the label schedule's psi differs from "
+                       f"the checkpoint's ({n} of {old_psi.size} classes; shapes "
+                       f"{old_psi.shape} vs {np.shape(psi)}): check config.diffusion.psi_path "
+                       "/ the class statistics." + how)
+
+
+def _jsonable(value: Any) -> Any:
+  """Tuples and lists compare equal (the meta went through JSON)."""
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  return value
+
+
 def label_schedule_for(config: ml_collections.ConfigDict,
                        meta: dict[str, Any]) -> label_diffusion.LabelSchedule:
   """The label schedule a checkpoint was trained with (kind and psi from its meta).
@@ -207,6 +268,21 @@ def label_schedule_for(config: ml_collections.ConfigDict,
     psi = recorded.get("psi")
     psi = np.asarray(psi, np.float64) if psi is not None else resolve_psi(config)
   return make_label_schedule(config, psi, kind)
+
+
+def check_counts(config: ml_collections.ConfigDict, section: str,
+                 minimums: dict[str, int]) -> None:
+  """Refuses counts below their minimum (e.g. `num_samples=0`) before anything compiles.
+
+  Raises:
+    ValueError: one line naming `config.<section>.<key>`, its value and the minimum.
+  """
+  for key, low in minimums.items():
+    value = config[section][key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      what = "0 = off" if low == 0 else f"at least {low}"
+      raise ValueError(f"config.{section}.{key}={value!r}: must be an integer, {what} "
+                       "(see configs/default.py).")
 
 
 def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

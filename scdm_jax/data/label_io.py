@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from absl import logging
 import numpy as np
 
 from scdm_jax.data import layouts
@@ -51,12 +52,16 @@ class LabelReport:
     return "\n".join(lines)
 
 
+_SNAP_CHUNK = 1 << 17  # unique colours per distance block: (chunk, K) float32
+
+
 def snap_to_palette(rgb: np.ndarray, colors: np.ndarray
                     ) -> tuple[np.ndarray, list[tuple[tuple[int, int, int], int, int, float]]]:
   """Maps each pixel of an (H, W, 3) RGB array to the id of the nearest palette colour.
 
   Ties (palettes with repeated colours, e.g. Cityscapes) go to the lowest id. Works on the
-  unique colours only, so it is cheap for real label maps.
+  unique colours only, in bounded chunks, so it is cheap for real label maps and bounded in
+  memory for maps with millions of colours.
 
   Returns:
     (ids (H, W) int32, unknown colours sorted by pixel count: (rgb, count, id, distance)).
@@ -67,9 +72,20 @@ def snap_to_palette(rgb: np.ndarray, colors: np.ndarray
   uniq, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
   ucol = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], -1)
   pal = np.asarray(colors, np.int64)
-  d2 = ((ucol[:, None, :] - pal[None, :, :]) ** 2).sum(-1)  # (U, K)
-  best = d2.argmin(-1)  # argmin returns the first (lowest id) on ties
-  dist = np.sqrt(d2[np.arange(len(uniq)), best])
+  best = np.empty(len(uniq), np.int64)
+  d2_best = np.empty(len(uniq), np.int64)
+  # |u - p|^2 = |u|^2 - 2 u.p + |p|^2 as a matmul, in chunks of unique colours, so memory
+  # stays bounded (a random-colour 4096^2 map has ~16M unique colours). Every term is an
+  # integer below 2^24, so float32 is exact and ties still go to the lowest id.
+  pal_f = pal.astype(np.float32)
+  pal_sq = (pal_f ** 2).sum(-1)
+  for lo in range(0, len(uniq), _SNAP_CHUNK):
+    u = ucol[lo:lo + _SNAP_CHUNK].astype(np.float32)
+    d2 = (u ** 2).sum(-1, keepdims=True) - 2.0 * (u @ pal_f.T) + pal_sq  # (chunk, K)
+    b = d2.argmin(-1)  # argmin returns the first (lowest id) on ties
+    best[lo:lo + _SNAP_CHUNK] = b
+    d2_best[lo:lo + _SNAP_CHUNK] = np.rint(d2[np.arange(len(b)), b]).astype(np.int64)
+  dist = np.sqrt(d2_best.astype(np.float64))
   unknown = [(tuple(int(v) for v in ucol[i]), int(counts[i]), int(best[i]), float(dist[i]))
              for i in np.nonzero(dist > 0)[0]]
   unknown.sort(key=lambda u: -u[1])
@@ -94,7 +110,9 @@ def load_label_map(path: str, *, num_classes: int, palette: str | palettes.Class
   """Reads a label map for sampling (no ground-truth image needed).
 
   Args:
-    path: PNG file. Single-channel (L, P, I, I;16; grey RGB too) = ids; RGB = colours.
+    path: PNG file. Single-channel (L, P, I, I;16; grey RGB too) = ids; RGB = colours. A
+      palette-indexed (P) PNG is read through its colours when `palette` is given (with a
+      warning where its indices disagree), else by its indices. A JPEG is warned about.
     num_classes: the model's K; every id must lie in 0..K-1.
     palette: for RGB maps: a built-in name ("ade20k", "coco_stuff", "cityscapes",
       "celebamask_hq", "procedural"), a JSON path or a ClassTable. Defaults to `dataset`.
@@ -110,15 +128,27 @@ def load_label_map(path: str, *, num_classes: int, palette: str | palettes.Class
   """
   if not fileio.exists(path):
     raise FileNotFoundError(f"label map {path} does not exist")
+  table = palette if palette is not None else dataset
+  p_indices = None
   with image_io.open_image(path) as im:  # local path or gs:// URL
     mode = im.mode
+    if im.format == "JPEG":
+      logging.warning("%s: a JPEG file (whatever its name says): lossy compression blurs "
+                      "class boundaries into colours/ids of no class; save label maps as "
+                      "real PNGs.", path)
     if mode in ("RGB", "RGBA", "LA"):
+      arr = np.asarray(im.convert("RGB"))
+    elif mode == "P" and palette is not None:
+      # A palette-indexed map with a class table: its colours are what a viewer (and its
+      # author) sees, so they are snapped; the raw indices are only cross-checked.
+      p_indices = np.asarray(im).astype(np.int64)
       arr = np.asarray(im.convert("RGB"))
     else:
       arr = np.asarray(im)
-  table = palette if palette is not None else dataset
   is_color = arr.ndim == 3 and not ((arr[..., 0] == arr[..., 1]).all()
                                     and (arr[..., 0] == arr[..., 2]).all())
+  if p_indices is not None and not is_color:
+    arr = p_indices  # a grey palette: the indices are the ids
   unknown_colors = []
   if is_color:
     if table is None:
@@ -133,6 +163,12 @@ def load_label_map(path: str, *, num_classes: int, palette: str | palettes.Class
                        f"the model has num_classes={num_classes}")
     ids, unknown_colors = snap_to_palette(arr, table.colors)
     report_mode = "palette"
+    if p_indices is not None:
+      differ = int((p_indices != ids).sum())
+      if differ:
+        logging.warning("%s: a palette PNG whose indices disagree with its colours (under "
+                        "palette %r) at %d of %d pixels; using the colours.", path,
+                        table.name, differ, ids.size)
   else:
     raw = arr[..., 0] if arr.ndim == 3 else arr
     raw = raw.astype(np.int64)

@@ -230,22 +230,8 @@ def get_class_table(name: str) -> ClassTable:
                    "or the path of a palette JSON file")
 
 
-def load_class_table_json(path: str) -> ClassTable:
-  """Loads a custom class table.
-
-  Accepted JSON forms (the index of an entry is its class id):
-    {"names": [...], "colors": [[r, g, b], ...], "unlabeled_class": null}
-    {"classes": [{"name": "sky", "color": [70, 130, 180]}, ...]}
-    [[r, g, b], ...]                       (colours only; names become "class_<i>")
-  An optional "unlabeled_class" (int) names the class noisy-label corruption writes.
-  """
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"palette file {path} does not exist")
-  try:
-    with open(path, encoding="utf-8") as f:
-      obj = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"palette file {path} is not valid JSON: {e}") from e
+def _parse_class_table(obj, path: str):
+  """(colours (K, 3) int64, names, unlabeled class) of a palette JSON object."""
   unlabeled = None
   if isinstance(obj, list):
     colors, names = obj, None
@@ -273,9 +259,35 @@ def load_class_table_json(path: str) -> ClassTable:
     names = [f"class_{i}" for i in range(len(arr))]
   if len(names) != len(arr):
     raise ValueError(f"palette file {path}: {len(names)} names but {len(arr)} colours")
-  if unlabeled is not None and not 0 <= int(unlabeled) < len(arr):
+  if unlabeled is not None and (not isinstance(unlabeled, int) or isinstance(unlabeled, bool)
+                                or not 0 <= unlabeled < len(arr)):
     raise ValueError(f"palette file {path}: unlabeled_class {unlabeled} is not a class id "
                      f"(0..{len(arr) - 1})")
+  return arr, names, unlabeled
+
+
+def load_class_table_json(path: str) -> ClassTable:
+  """Loads a custom class table.
+
+  Accepted JSON forms (the index of an entry is its class id):
+    {"names": [...], "colors": [[r, g, b], ...], "unlabeled_class": null}
+    {"classes": [{"name": "sky", "color": [70, 130, 180]}, ...]}
+    [[r, g, b], ...]                       (colours only; names become "class_<i>")
+  An optional "unlabeled_class" (int) names the class noisy-label corruption writes.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"palette file {path} does not exist")
+  try:
+    with open(path, encoding="utf-8") as f:
+      obj = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"palette file {path} is not valid JSON: {e}") from None
+  try:
+    arr, names, unlabeled = _parse_class_table(obj, path)
+  except (AttributeError, TypeError, KeyError) as e:
+    # A well-formed JSON of the wrong shape (e.g. "classes": null, a class that is a list).
+    raise ValueError(f"palette file {path}: unexpected structure ({type(e).__name__}: {e}); "
+                     "see docs/data.md for the accepted forms") from None
   stem = os.path.splitext(os.path.basename(path))[0]
   return ClassTable(stem, tuple(map(str, names)), arr.astype(np.uint8),
                     None if unlabeled is None else int(unlabeled))

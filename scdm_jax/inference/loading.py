@@ -3,8 +3,9 @@
 Order (`load_weights`): `config.sample.checkpoint` (written by `--mode export` or
 `python -m scdm_jax.tools.convert`), else `<workdir>/export`, else the newest training
 checkpoint in `<workdir>/checkpoints` (EMA weights unless `config.sample.use_ema=False`).
-A checkpoint whose class count or class table does not match the config is refused
-(`recipe.check_meta_matches`).
+An export older than the newest checkpoint of the same workdir is used with a warning
+(run `--mode export` again). A checkpoint whose class count or class table does not match
+the config is refused (`recipe.check_meta_matches`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -35,6 +37,7 @@ def load_weights(config: ml_collections.ConfigDict, workdir: str | None
     path = sc.checkpoint or os.path.join(workdir, "export")
     params, meta = checkpointing.load_export(path)
     recipe.check_meta_matches(meta, config, what=f"inference checkpoint {path!r}")
+    _warn_if_stale(path, meta, workdir)
     return params, meta, path
   if workdir:
     ckdir = os.path.join(workdir, "checkpoints")
@@ -44,6 +47,18 @@ def load_weights(config: ml_collections.ConfigDict, workdir: str | None
   raise FileNotFoundError(
       f"No weights to sample from: set --config.sample.checkpoint=<export dir>, or give a "
       f"--workdir containing export/ or checkpoints/ (got workdir={workdir!r}).")
+
+
+def _warn_if_stale(path: str, meta: dict, workdir: str | None) -> None:
+  """Warns when the export is older than the newest training checkpoint of `workdir`."""
+  ckdir = os.path.join(workdir, "checkpoints") if workdir else None
+  if meta.get("step") is None or not ckdir or not fileio.isdir(ckdir):
+    return
+  steps = [int(n) for n in fileio.listdir(ckdir) if n.isdigit()]
+  if steps and max(steps) > int(meta["step"]):
+    logging.warning("Sampling from the export %s of step %d, but %s has a newer checkpoint "
+                    "(step %d): run --mode export again to sample the newest weights.",
+                    path, int(meta["step"]), ckdir, max(steps))
 
 
 def load_train_params(config: ml_collections.ConfigDict, ckdir: str, *,

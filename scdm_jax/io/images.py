@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 
 import numpy as np
 
@@ -44,12 +45,20 @@ def open_image(path: str):
 
   Raises:
     FileNotFoundError: naming the path.
+    ValueError: (one line, naming the path) a truncated, garbage or unsupported file.
   """
   from PIL import Image  # pylint: disable=import-outside-toplevel
   if not fileio.exists(path):
     raise FileNotFoundError(f"image {path} does not exist")
-  im = Image.open(io.BytesIO(fileio.read_bytes(path)))
-  im.load()
+  data = fileio.read_bytes(path)
+  try:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+  except (OSError, SyntaxError, ValueError, TypeError, KeyError, AttributeError, EOFError,
+          struct.error, Image.DecompressionBombError) as e:
+    # Pillow reports a truncated or garbage file with any of these; one line instead.
+    raise ValueError(f"{path}: not a readable image ({len(data)} bytes; "
+                     f"{type(e).__name__}: {e})".splitlines()[0]) from None
   return im
 
 

@@ -54,6 +54,8 @@ def _match(guides: list[str], path: str, what: str) -> list[str]:
 def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any]:
   """Edits every guide; returns a summary (count, output_dir, start_index, steps, alpha_bar)."""
   ec, sc = config.edit, config.sample
+  recipe.check_counts(config, "edit", {"num_samples": 1})  # before anything is read
+  recipe.check_counts(config, "sample", {"batch_size": 1})
   if not ec.guide:
     raise ValueError("--mode edit needs --config.edit.guide=<PNG or folder> (the strokes "
                      "for SDEdit, or the source image for masked editing)")
@@ -96,7 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
   palette = config.data.class_table or config.data.name
   fmt = sc.label_format
   out_dir = ec.output_dir or os.path.join(workdir or ".", "edits")
-  n_per = max(1, int(ec.num_samples))
+  n_per = int(ec.num_samples)
   batch = max(1, int(sc.batch_size) // n_per)
   base_key = jax.random.key(int(sc.seed))
   steps_per_batch = repeats * (k0 + 1)

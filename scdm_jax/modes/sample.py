@@ -39,6 +39,8 @@ from scdm_jax.io import progress
 def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any]:
   """Samples every map of the configured source; returns a summary dict."""
   sc = config.sample
+  # Before any weight is read or program compiled.
+  recipe.check_counts(config, "sample", {"num_samples_per_map": 1, "batch_size": 1})
   mesh = sharding.make_mesh(config.mesh)
   params_pure, meta, where = loading.load_weights(config, workdir)
   logging.info("Sampling from %s.", where)
@@ -49,7 +51,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
   params = state_lib.params_from_pure(graphs, params_pure, param_sh)
 
   is_main = jax.process_index() == 0
-  n_per = max(1, int(sc.num_samples_per_map))
+  n_per = int(sc.num_samples_per_map)
   batch = runner.round_up(max(int(sc.batch_size), 1), sharding.num_batch_shards(mesh))
   maps_per_batch = max(1, batch // n_per)
   out_dir = sc.output_dir or os.path.join(workdir or ".", "samples")

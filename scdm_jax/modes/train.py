@@ -6,16 +6,22 @@ shardings (state.py) and donated to the step (training/step.py). Each process fe
 own slice of the global batch (`sharding.to_global`).
 
 Resume: `<workdir>/checkpoints/` is an orbax CheckpointManager (checkpointing.py). On start
-the newest step is restored (params, EMA, optimizer, RNG, data position) and the log says
+the newest readable step's meta is compared with the config (`recipe.check_resume_meta`:
+model shape, classes, diffusion, label schedule and psi) before any array is read, and a
+mismatch is refused in one line. An unreadable step (missing files, garbage meta, a
+truncated data file) is skipped with a warning and moved to `checkpoints_unreadable/`;
+the next older step is used. The newest readable step is restored (params, EMA, optimizer, RNG, data position) and the log says
 "resumed from step N"; the input pipeline restarts exactly at the saved data position
 (`create_dataset(..., start_step=...)`). SIGTERM (preemption) saves a checkpoint at the
 current step and returns. A non-finite loss or gradient norm stops the run with
 `FloatingPointError` without writing a checkpoint, so the last good one is kept (the step
-itself also refuses non-finite updates).
+itself also refuses non-finite updates); so does a finite but insane step (training/guard.py:
+grad norm > 1e3 x its running median, or param norm jumping > 100x), so every checkpoint
+on disk is sane and the next start resumes from the last sane step.
 
 The label schedule's psi comes from `recipe.resolve_psi`; it is stored in every
 checkpoint's meta and in exports, so sampling uses the exact schedule the model was trained
-with.
+with (and resuming with a different psi is refused).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 
 from scdm_jax import checkpointing
@@ -48,6 +55,7 @@ from scdm_jax.training import guard
 from scdm_jax.training import pbe_loop
 from scdm_jax.training import preemption
 from scdm_jax.training import step as step_lib
+from scdm_jax.training import workdir_lock
 
 
 def _memory_note(abstract: state_lib.TrainState, mesh) -> str:
@@ -62,7 +70,11 @@ def _memory_note(abstract: state_lib.TrainState, mesh) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) in `workdir`; returns a small summary (last step and metrics)."""
+  """Trains (or resumes) in `workdir`; returns a small summary (last step and metrics).
+
+  Holds `<workdir>/train.lock` (training/workdir_lock.py) for the whole run, so a second
+  trainer on the same workdir stops with a one-line error.
+  """
   if not workdir:
     raise ValueError("--mode train needs --workdir (where checkpoints and logs go).")
   task = config.get("task", "scdm")
@@ -72,7 +84,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise ValueError(f"config.task={task!r} is unknown; use scdm or paint_by_example.")
   workdir = fileio.absolute(workdir)
   fileio.makedirs(workdir)
+  lock = workdir_lock.WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    return _train(config, workdir)
+  finally:
+    lock.release()
+
+
+# Minimum of each train count; checkpoint_every=0 saves only at the end and on preemption.
+TRAIN_COUNTS = {"total_steps": 1, "batch_size": 1, "grad_accum": 1, "log_every": 1,
+                "checkpoint_every": 0, "sample_every": 0, "num_sample_maps": 1,
+                "keep_last": 0, "keep_every": 0}
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   tc = config.train
+  recipe.check_counts(config, "train", TRAIN_COUNTS)  # before anything is built
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
@@ -96,23 +125,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   ckpt = checkpointing.TrainCheckpointer(
       os.path.join(workdir, "checkpoints"), keep_last=int(tc.keep_last),
       keep_every=int(tc.keep_every), async_save=bool(tc.async_checkpoint))
-  latest = ckpt.latest_step()
   data_pos = 0
-  if latest is not None:
+  latest = None
+  if ckpt.latest_step() is not None:
     abstract_ckpt = state_lib.abstract_with_shardings(
         state_lib.to_checkpoint(abstract), state_lib.to_checkpoint(shardings))
     abstract_ckpt["data_pos"] = np.zeros((), np.int64)  # host value, restored as numpy
-    tree, old_meta = ckpt.restore(latest, abstract_ckpt)
+
+    def check_meta(step_, old_meta):
+      # Before orbax reads an array: a changed setup is one line, not a shape error.
+      recipe.check_resume_meta(old_meta, config, psi,
+                               what=f"resuming {os.path.join(ckpt.directory, str(step_))}")
+
+    try:
+      latest, tree, _ = ckpt.restore_newest_readable(abstract_ckpt, check_meta)
+    except ValueError:
+      ckpt.close()
+      raise
     data_pos = int(tree.pop("data_pos"))
     st = state_lib.from_checkpoint(tree, abstract)
-    if old_meta.get("label_schedule", {}).get("psi") is not None and psi is not None:
-      old_psi = np.asarray(old_meta["label_schedule"]["psi"])
-      if old_psi.shape != psi.shape or not np.allclose(old_psi, psi):
-        logging.warning("psi differs from the one the checkpoint was trained with; "
-                        "continuing with the checkpoint's psi.")
-        psi = old_psi
-        label_schedule = recipe.make_label_schedule(config, psi)
-        meta = recipe.run_meta(config, psi)
     logging.info("resumed from step %d (data position %d) in %s", latest, data_pos,
                  ckpt.directory)
   else:
@@ -137,16 +168,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   start_step = int(jax.device_get(state_lib.step_of(st)))
   if latest is not None and start_step != latest:
     logging.warning("Checkpoint %d holds optimizer step %d.", latest, start_step)
-  compiled, _ = step_lib.compile_train_step(config, graphs, diffusion, label_schedule, mesh,
-                                            shardings, abstract, per_process_batch)
-
   total = int(tc.total_steps)
   summary: dict[str, Any] = {"start_step": start_step, "step": start_step}
-  if start_step >= total:
-    logging.info("Nothing to do: step %d >= total_steps %d.", start_step, total)
+  if start_step >= total:  # before compiling: a finished run returns at once
+    logging.warning("Nothing to do: the checkpoint is at step %d and total_steps is %d; "
+                    "raise --config.train.total_steps to train on.", start_step, total)
     ckpt.close()
     writer.close()
     return summary
+  compiled, _ = step_lib.compile_train_step(config, graphs, diffusion, label_schedule, mesh,
+                                            shardings, abstract, per_process_batch)
 
   it = datasets.create_dataset(
       config.data, config.data.train_split, batch_size=per_process_batch,
@@ -173,7 +204,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   window: list[dict[str, float]] = []
   t_window, n_window = time.time(), 0
 
-  drain = lambda p: guard.drain(p, ckpt)
+  sanity = guard.SanityGuard(float(jax.device_get(optax.tree.norm(st.params))))
+  drain = lambda p: guard.drain(p, ckpt, sanity)
 
   try:
     while step < total:
@@ -215,7 +247,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             image_io.save_png(os.path.join(workdir, "images", "grid_latest.png"), grid)
 
       preempted = preempt.reached(step)
-      if step % int(tc.checkpoint_every) == 0 or last or preempted:
+      every = int(tc.checkpoint_every)
+      if (every and step % every == 0) or last or preempted:
         if pending is not None:
           drain(pending)  # never checkpoint a state that followed a non-finite step
           pending = None

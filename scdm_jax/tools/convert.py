@@ -11,9 +11,15 @@ arguments, e.g. the `config` string of the unet parity fixture. Plain state dict
 (`model*.pt`, `ema_*.pt`), state dicts nested under "state_dict"/"model"/"ema" and
 "module."-prefixed names are accepted; float16 tensors are cast to float32.
 
-The output is written with `scdm_jax.checkpointing.save_export` and is read by the
-sampler. torch is needed only here (`pip install torch --index-url
+The .pt file is read by `scdm_jax.io.weights` (torch-free; a restricted unpickler that
+builds tensors, dicts and lists and refuses every other global), so a crafted file cannot
+run code. Files it refuses (legacy pre-1.6 torch files, pickled extra objects) can be
+read with `--unsafe_allow_pickle` (torch.load(weights_only=False): the file's code RUNS;
+trusted files only; needs torch: `pip install torch --index-url
 https://download.pytorch.org/whl/cpu`, or the project's `[torch]` extra).
+
+The output is written with `scdm_jax.checkpointing.save_export` and is read by the
+sampler.
 """
 
 from __future__ import annotations
@@ -26,39 +32,67 @@ import os
 import sys
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from scdm_jax import checkpointing
 from scdm_jax import recipe
+from scdm_jax.io import weights
 from scdm_jax.models import torch_import
 from scdm_jax.models.unet import UNetConfig
 
 
-def _load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
+def _load_torch_checkpoint(path: str, *, unsafe_allow_pickle: bool = False
+                           ) -> dict[str, np.ndarray]:
+  """Reads the state dict of a .pt file as float32/int numpy arrays.
+
+  By default the file goes through `scdm_jax.io.weights` (torch-free, restricted
+  unpickler: tensors, dicts and lists only), so a crafted .pt cannot run code. There is
+  no fallback: only `unsafe_allow_pickle=True` (the `--unsafe_allow_pickle` flag) uses
+  `torch.load(weights_only=False)`, which executes whatever the pickle names.
+  """
+  if unsafe_allow_pickle:
+    obj = _unsafe_torch_load(path)
+  else:
+    try:
+      obj = weights.load_torch_checkpoint(path)
+    except ValueError as e:
+      hint = ""
+      if "refused global" in str(e) or "legacy" in str(e):
+        hint = ("; only if you trust the file completely, --unsafe_allow_pickle reads it "
+                "with a full (code-running) unpickler")
+      raise ValueError(f"--torch_checkpoint: {e}{hint}") from None
+  state = torch_import.unwrap_state_dict(obj)
+  out = {}
+  for k, v in state.items():
+    if hasattr(v, "detach"):  # only from the unsafe torch.load path
+      v = v.detach().cpu()
+      v = v.float().numpy() if str(v.dtype) == "torch.bfloat16" else v.numpy()
+    if not isinstance(v, np.ndarray):
+      continue  # non-tensor entries (e.g. a step counter)
+    if v.dtype.kind == "f" or v.dtype == ml_dtypes.bfloat16:
+      v = v.astype(np.float32)
+    out[k] = v
+  return out
+
+
+def _unsafe_torch_load(path: str):
   try:
     import torch  # pylint: disable=g-import-not-at-top  # optional and heavy: only here
   except ImportError as e:
     raise SystemExit(
-        "scdm_jax.convert needs PyTorch to read .pt files, and it is not installed. Install "
-        "the CPU build with\n  pip install torch --index-url "
+        "--unsafe_allow_pickle reads the file with torch.load, and PyTorch is not "
+        "installed. Install the CPU build with\n  pip install torch --index-url "
         "https://download.pytorch.org/whl/cpu\n(or `pip install -e .[torch]`).") from e
   if not os.path.exists(path):
     raise FileNotFoundError(f"--torch_checkpoint {path!r}: no such file")
+  print(f"convert: warning: --unsafe_allow_pickle: unpickling {path} with "
+        "torch.load(weights_only=False); any code the file names runs now", file=sys.stderr)
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception:  # pylint: disable=broad-except
-    # Old checkpoints may pickle extra Python objects; they are trusted files here.
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-  state = torch_import.unwrap_state_dict(obj)
-  out = {}
-  for k, v in state.items():
-    if not hasattr(v, "detach"):
-      continue  # non-tensor entries (e.g. a step counter)
-    v = v.detach().cpu()
-    if v.dtype in (torch.float16, torch.bfloat16, torch.float64):
-      v = v.float()
-    out[k] = v.numpy()
-  return out
+    return torch.load(path, map_location="cpu", weights_only=False)
+  except Exception as e:  # pylint: disable=broad-except  # truncated, garbage, ...
+    raise ValueError(f"--torch_checkpoint {path}: not a readable PyTorch checkpoint "
+                     f"({type(e).__name__}: {e})".splitlines()[0]) from None
 
 
 def _load_config_file(path: str):
@@ -113,13 +147,23 @@ def _config_from_kwargs(text: str):
 
 
 def convert(torch_checkpoint: str, out: str, *, config: str | None = None,
-            model_kwargs: str | None = None) -> str:
-  """Converts a checkpoint; returns the written directory."""
+            model_kwargs: str | None = None, unsafe_allow_pickle: bool = False) -> str:
+  """Converts a checkpoint; returns the written directory.
+
+  Args:
+    torch_checkpoint: the .pt file.
+    out: the export directory to write.
+    config: an ml_collections config file (or give `model_kwargs`).
+    model_kwargs: a JSON / Python dict of reference UNetModel arguments.
+    unsafe_allow_pickle: read the file with `torch.load(weights_only=False)`, which runs
+      any code the pickle names. Only for fully trusted files the safe reader refuses.
+  """
   if (config is None) == (model_kwargs is None):
     raise ValueError("give exactly one of --config and --model_kwargs")
   ucfg, num_classes = (_config_from_file(config) if config is not None
                        else _config_from_kwargs(model_kwargs))
-  state_dict = _load_torch_checkpoint(torch_checkpoint)
+  state_dict = _load_torch_checkpoint(torch_checkpoint,
+                                      unsafe_allow_pickle=unsafe_allow_pickle)
   params = torch_import.torch_to_params(state_dict, ucfg, source=torch_checkpoint)
   meta: dict[str, Any] = {
       "model": ucfg.to_dict(),
@@ -136,10 +180,18 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--config", help="ml_collections config file with a `model` section")
   parser.add_argument("--model_kwargs", help="JSON dict of reference UNetModel arguments")
   parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument(
+      "--unsafe_allow_pickle", action="store_true",
+      help="DANGEROUS: read the .pt with torch.load(weights_only=False). A pickle can run "
+           "any code on this machine when it is loaded; use this only for a file from a "
+           "source you trust completely, when the default safe reader (tensors, dicts and "
+           "lists only) refuses it (e.g. a legacy pre-1.6 torch file or one that pickles "
+           "extra Python objects). Needs torch.")
   args = parser.parse_args(argv)
   try:
     path = convert(args.torch_checkpoint, args.out, config=args.config,
-                   model_kwargs=args.model_kwargs)
+                   model_kwargs=args.model_kwargs,
+                   unsafe_allow_pickle=args.unsafe_allow_pickle)
   except (ValueError, FileNotFoundError) as e:
     print(f"convert: error: {e}", file=sys.stderr)
     return 1

@@ -6,8 +6,8 @@ is replaced by a Stable Diffusion v1 UNet whose conv_in is widened 4 -> 9 with z
 (step 0 computes the base model). Only the trainable part (`pbe_step.TRAINABLE`) is
 checkpointed with its AdamW state, update count, RNG and data position; the frozen VAE and
 CLIP tower are re-read from the init source on resume (the meta records it). Sharding, the
-checkpointer, preemption, the non-finite guard, logging and the progress bar are the SCDM
-trainer's (`modes/train.py`). At the end the trained pipeline is written as a paint export.
+checkpointer, preemption, the non-finite and sanity guard, logging and the progress bar
+are the SCDM trainer's (`modes/train.py`). At the end the trained pipeline is written as a paint export.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from clu import metric_writers
 import jax
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 
 from scdm_jax import checkpointing
@@ -191,7 +192,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   bar = progress.ProgressBar(total, "train", initial=start_step, unit="steps", enabled=is_main)
   step, pending, window = start_step, None, []
   t_window, n_window = time.time(), 0
-  drain = lambda p: guard.drain(p, ckpt)
+  sanity = guard.SanityGuard(float(jax.device_get(optax.tree.norm(st.params))))
+  drain = lambda p: guard.drain(p, ckpt, sanity)
   try:
     while step < total:
       local = next(it)
