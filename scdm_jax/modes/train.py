@@ -78,9 +78,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if not workdir:
     raise ValueError("--mode train needs --workdir (where checkpoints and logs go).")
   task = config.get("task", "scdm")
-  if task == "paint_by_example":
-    return pbe_loop.run(config, workdir)
-  if task != "scdm":
+  loops = {"scdm": _train, "paint_by_example": pbe_loop.run}
+  if task not in loops:
     raise ValueError(f"config.task={task!r} is unknown; use scdm or paint_by_example.")
   workdir = fileio.absolute(workdir)
   fileio.makedirs(workdir)
@@ -88,7 +87,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if jax.process_index() == 0:
     lock.acquire()
   try:
-    return _train(config, workdir)
+    return loops[task](config, workdir)
   finally:
     lock.release()
 
