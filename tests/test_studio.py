@@ -414,10 +414,11 @@ def test_browser_paint_by_example(server, browser, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("SCDM_RUN_SLOW") != "1",
-                    reason="trains the tiny model (~8 min on 2 cores); set SCDM_RUN_SLOW=1")
 def test_browser_colours_after_training(browser, tmp_path):
   """After 300 training steps the painted classes come out in the data's colours.
+
+  Trains the tiny model first: about 5 minutes on 2 busy cores (CI runs it; deselect it
+  locally with `-m "not slow"`).
 
   Set SCDM_STUDIO_TRAINED=<workdir> to reuse a run of the same command instead of training.
   """
