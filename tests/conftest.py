@@ -72,12 +72,25 @@ def workdir(tmp_path) -> pathlib.Path:
 _EXIT_STATUS = [0]
 
 
+def _report_live_threads():
+  """Names the non-daemon threads still alive at the end: the ones that would block exit."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import traceback  # pylint: disable=g-import-not-at-top
+  frames = sys._current_frames()  # pylint: disable=protected-access
+  live = [t for t in threading.enumerate()
+          if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+  for thread in live:
+    stack = "".join(traceback.format_stack(frames.get(thread.ident))[-4:]) if thread.ident in frames else ""
+    sys.stderr.write(f"[conftest] non-daemon thread alive at exit: {thread.name}\n{stack}")
+
+
 def pytest_sessionfinish(session, exitstatus):
   _EXIT_STATUS[0] = int(exitstatus)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
+  _report_live_threads()
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(_EXIT_STATUS[0])

@@ -74,3 +74,20 @@ def test_url_reads_list_images_masks_and_labels(fake_gcs):
   np.testing.assert_array_equal(ids, np.eye(4))
   with pytest.raises(FileNotFoundError, match="config.edit.guide='gs://bucket/none'"):
     fileio.list_images("gs://bucket/none", "config.edit.guide")
+
+
+def test_match_by_name_pairs_files_by_stem(tmp_path):
+  inputs = [str(tmp_path / "in" / n) for n in ("a.png", "b.jpg")]
+  masks = tmp_path / "masks"
+  masks.mkdir()
+  (masks / "a.png").write_bytes(b"x")
+  (masks / "b.jpg").write_bytes(b"x")
+  assert fileio.match_by_name(inputs, str(masks), "config.edit.mask", "guide") == [
+      str(masks / "a.png"), str(masks / "b.jpg")]
+  one = masks / "a.png"
+  assert fileio.match_by_name(inputs, str(one), "k", "guide") == [str(one)] * 2
+  (masks / "b.jpg").unlink()
+  with pytest.raises(FileNotFoundError, match=r"config.edit.mask=.* has no b.png/.jpg for the guide"):
+    fileio.match_by_name(inputs, str(masks), "config.edit.mask", "guide")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    fileio.match_by_name(inputs, str(tmp_path / "nope"), "k", "guide")

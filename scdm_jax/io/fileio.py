@@ -97,3 +97,30 @@ def list_images(path: str, what: str, extensions: tuple[str, ...] = (".png",)) -
 def join(folder: str, name: str) -> str:
   """`os.path.join` that also works on URLs (always '/')."""
   return f"{folder.rstrip('/')}/{name}" if is_url(folder) else os.path.join(folder, name)
+
+
+def match_by_name(inputs: list[str], path: str, what: str, of: str) -> list[str]:
+  """The companion file of each input: `path` itself for all, or the folder's same-stem image.
+
+  Args:
+    inputs: the files the companions belong to (guides, sources).
+    path: one file shared by every input, or a folder holding `<stem>.png/.jpg` per input.
+    what: the config key, for the errors (e.g. "config.edit.mask").
+    of: what an input is called, for the errors (e.g. "guide").
+
+  Raises:
+    FileNotFoundError: `path` does not exist, or the folder lacks an input's file.
+  """
+  if not isdir(path):
+    if not exists(path):
+      raise FileNotFoundError(f"{what}={path!r} does not exist")
+    return [path] * len(inputs)
+  out = []
+  for name in inputs:
+    stem = os.path.splitext(os.path.basename(name))[0]
+    found = [c for c in (join(path, stem + e) for e in IMAGE_EXTENSIONS) if exists(c)]
+    if not found:
+      raise FileNotFoundError(f"{what}={path!r} has no {stem}.png/.jpg for the {of} {name}; "
+                              f"name each file after its {of}")
+    out.append(found[0])
+  return out

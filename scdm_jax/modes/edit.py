@@ -32,23 +32,10 @@ from scdm_jax.io import progress as progress_lib
 
 
 def _match(guides: list[str], path: str, what: str) -> list[str]:
-  """The file of `path` for each guide (a file: the same for every guide; a folder: the
-  file with the guide's base name)."""
+  """The `what` file of each guide ("" for all when unset)."""
   if not path:
     return [""] * len(guides)
-  if not fileio.isdir(path):
-    if not fileio.exists(path):
-      raise FileNotFoundError(f"config.edit.{what}={path!r} does not exist")
-    return [path] * len(guides)
-  out = []
-  for g in guides:
-    stem = os.path.splitext(os.path.basename(g))[0]
-    found = [c for c in (fileio.join(path, stem + e) for e in fileio.IMAGE_EXTENSIONS)
-             if fileio.exists(c)]
-    if not found:
-      raise FileNotFoundError(f"config.edit.{what}={path!r} has no {stem}.png for the guide {g}")
-    out.append(found[0])
-  return out
+  return fileio.match_by_name(guides, path, f"config.edit.{what}", "guide")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any]:

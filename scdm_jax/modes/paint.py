@@ -30,23 +30,10 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _match(sources: list[str], path: str, what: str) -> list[str]:
-  """The `what` file for each source: one file for all, or a folder's file of the same name."""
+  """The `what` file of each source: one file for all, or a folder's file of the same name."""
   if not path:
     raise ValueError(f"--mode paint needs --config.paint.{what}=<image or folder>")
-  if not fileio.isdir(path):
-    if not fileio.exists(path):
-      raise FileNotFoundError(f"config.paint.{what}={path!r} does not exist")
-    return [path] * len(sources)
-  out = []
-  for s in sources:
-    stem = os.path.splitext(os.path.basename(s))[0]
-    found = [c for c in (fileio.join(path, stem + e) for e in fileio.IMAGE_EXTENSIONS)
-             if fileio.exists(c)]
-    if not found:
-      raise FileNotFoundError(f"config.paint.{what}={path!r} has no {stem}.png/.jpg for the "
-                              f"source {s}; name each {what} after its source image")
-    out.append(found[0])
-  return out
+  return fileio.match_by_name(sources, path, f"config.paint.{what}", "source")
 
 
 def _read_rgb(path: str, what: str) -> np.ndarray:
