@@ -141,6 +141,32 @@ def load_export(directory: str | os.PathLike,
   return params, dict(meta)
 
 
+def load_export_meta(directory: str | os.PathLike) -> dict[str, Any]:
+  """The JSON meta of an inference checkpoint alone, without reading its weights.
+
+  Callers use it to build the restore target (shapes, dtypes) before `load_export`.
+
+  Raises:
+    FileNotFoundError: `directory` lacks `params/` or `meta/`.
+    ValueError: the meta is not a JSON object.
+  """
+  path = _abs_path(directory)
+  if not fileio.isdir(os.path.join(path, _PARAMS)) or not fileio.exists(
+      os.path.join(path, _META)):
+    raise FileNotFoundError(f"{path}: not a complete export (needs {_PARAMS}/ and {_META}/, "
+                            "as save_export writes)")
+  try:
+    with ocp.Checkpointer(
+        ocp.CompositeCheckpointHandler(handler_registry=_export_registry())) as ckptr:
+      meta = ckptr.restore(path, args=ocp.args.Composite(
+          **{_META: ocp.args.JsonRestore()}))[_META]
+  except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+    raise ValueError(f"{os.path.join(path, _META)}: not valid JSON ({e})") from None
+  if not isinstance(meta, Mapping):
+    raise ValueError(f"{os.path.join(path, _META)}: not a JSON object")
+  return dict(meta)
+
+
 # ---------------------------------------------------------------------------
 # Training checkpoints
 # ---------------------------------------------------------------------------

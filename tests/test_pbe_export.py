@@ -105,6 +105,12 @@ def test_missing_parts_and_unknown_sources(export_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="not a complete export") as e:
     PaintPipeline.load(bad)
   _one_line(e)
+  garbled = tmp_path / "garbled"
+  shutil.copytree(export_dir, garbled)
+  (garbled / "meta" / "metadata").write_text("{not json")
+  with pytest.raises(ValueError, match="meta: not valid JSON") as e:
+    PaintPipeline.load(garbled)
+  _one_line(e)
   folder = tmp_path / "folder"
   shutil.copytree(FOLDER, folder)
   shutil.rmtree(folder / "unet")

@@ -407,7 +407,7 @@ class PaintPipeline:
         one, or a config that does not fit the stored weights.
     """
     directory = os.fspath(directory)
-    meta = _read_export_meta(directory)
+    meta = checkpointing.load_export_meta(directory)
     model = meta.get("model")
     if not isinstance(model, Mapping) or model.get("kind") != EXPORT_KIND:
       kind = model.get("kind") if isinstance(model, Mapping) else None
@@ -648,26 +648,6 @@ def _check_posterior(posterior: str, key) -> None:
   if posterior == "sample" and key is None:
     raise ValueError("posterior='sample' draws from the VAE posterior: pass key= "
                      "(or posterior='mean')")
-
-
-def _read_export_meta(directory: str) -> dict[str, Any]:
-  """The JSON meta of an export, read before its weights (to build the restore target).
-
-  It is the file orbax's JsonCheckpointHandler writes (`meta/metadata`); the weights are
-  then read by `checkpointing.load_export`.
-  """
-  params_dir, meta_file = (os.path.join(directory, "params"),
-                           os.path.join(directory, "meta", "metadata"))
-  if not fileio.isdir(params_dir) or not fileio.exists(meta_file):
-    raise FileNotFoundError(f"{directory}: not a complete export (needs params/ and "
-                            "meta/metadata, as PaintPipeline.save_export writes)")
-  try:
-    meta = json.loads(fileio.read_bytes(meta_file))
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{meta_file}: not valid JSON ({e})") from None
-  if not isinstance(meta, dict):
-    raise ValueError(f"{meta_file}: not a JSON object")
-  return meta
 
 
 def _pad_batch(arrays: list[np.ndarray], multiple: int) -> list[np.ndarray]:
