@@ -115,6 +115,17 @@ def test_tfds_data_dir_on_gcs_is_staged_and_read(fake_gcs, tmp_path, prepared):
   _assert_same(_batches(cfg, 2), _batches(_procedural(), 2))
   staged = list(cache.rglob("dataset_info.json"))
   assert len(staged) == 1 and staged[0].parent.name == "train"
+  # The next start reads the local copy (the shards are not fetched again) ...
+  shard = next((fake_gcs / "bucket/tfds").rglob("*-train.array_record-*"))
+  data = shard.read_bytes()
+  shard.unlink()
+  _assert_same(_batches(cfg, 1), _batches(_procedural(), 1))
+  # ... until the dataset is prepared again (another dataset_info.json): then it is re-copied.
+  shard.write_bytes(data)
+  remote_info = next((fake_gcs / "bucket/tfds").rglob("dataset_info.json"))
+  remote_info.write_text(remote_info.read_text().replace('"1.0.0"', '"1.0.0" '))
+  staged[0].with_name(shard.name).write_bytes(b"garbage")
+  _assert_same(_batches(cfg, 1), _batches(_procedural(), 1))
   # A data_dir without the dataset: one line naming it and the command that prepares it.
   with pytest.raises(FileNotFoundError, match="gs://bucket/none.*prepare"):
     datasets.make_source(_procedural(source="tfds", tfds_data_dir="gs://bucket/none",

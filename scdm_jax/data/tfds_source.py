@@ -65,17 +65,25 @@ def stage(url_dir: str, split: str, cache_dir: str) -> str:
   """Copies one split of a prepared dataset at a URL to a local folder; returns the folder.
 
   Each split gets its own folder; a finished copy is renamed into place in one step, so a
-  process (or a concurrent one on the same machine) finds it whole or not at all.
+  process (or a concurrent one on the same machine) finds it whole or not at all. A cached
+  copy whose dataset_info.json differs from the URL's (prepared again) is replaced.
   """
   cache_dir = os.path.expanduser(cache_dir or os.path.join("~", ".cache", "scdm_jax", "tfds"))
   local = os.path.join(cache_dir, url_dir.split("://", 1)[1].strip("/"), split)
-  if os.path.exists(os.path.join(local, "dataset_info.json")):
-    return local
   info_path = fileio.join(url_dir, "dataset_info.json")
   if not fileio.exists(info_path):
     raise FileNotFoundError(f"data.tfds_data_dir: {url_dir} has no dataset_info.json; prepare "
                             "it first (docs/data.md, 'TFDS')")
-  info = json.loads(fileio.read_bytes(info_path))
+  info_bytes = fileio.read_bytes(info_path)
+  cached = os.path.join(local, "dataset_info.json")
+  if os.path.exists(cached):
+    with open(cached, "rb") as f:
+      if f.read() == info_bytes:
+        return local  # the same prepared dataset: one small read per start
+    stale = tempfile.mkdtemp(prefix=f".stale-{split}-", dir=os.path.dirname(local))
+    os.rename(local, os.path.join(stale, split))  # prepared again since: copy it afresh
+    shutil.rmtree(stale, ignore_errors=True)
+  info = json.loads(info_bytes)
   # dataset_info.json last: its presence marks a complete copy.
   files = _split_files(info, split) + ["features.json", "metadata.json", "dataset_info.json"]
   os.makedirs(os.path.dirname(local), exist_ok=True)
