@@ -130,6 +130,14 @@ def test_tfds_data_dir_on_gcs_is_staged_and_read(fake_gcs, tmp_path, prepared):
   with pytest.raises(FileNotFoundError, match="gs://bucket/none.*prepare"):
     datasets.make_source(_procedural(source="tfds", tfds_data_dir="gs://bucket/none",
                                      tfds_cache_dir=str(cache)), "train")
+  # Prepared by TFDS's default (tfrecord, not what random access reads): one line, what to do.
+  tfds_builders.BUILDERS["procedural"](
+      data_dir=str(tmp_path / "tfrecord"),
+      config=tfds_builders.ProceduralConfig(image_size=SIZE, num_train=NUM)
+  ).download_and_prepare()
+  with pytest.raises(ValueError, match="prepared as tfrecord, not array_record"):
+    datasets.make_source(_procedural(source="tfds", tfds_data_dir=str(tmp_path / "tfrecord")),
+                         "train")
   with pytest.raises(ValueError, match="data.tfds_data_dir"):
     datasets.make_source(_procedural(source="tfds"), "train")
   with pytest.raises(ValueError, match="data.source='tf'"):

@@ -121,12 +121,16 @@ class RecordSplit:
       raise FileNotFoundError(
           f"data.tfds_data_dir={data_dir!r}: no prepared {name} dataset at {ds_dir}; prepare it "
           f"with python -m scdm_jax.data.tfds_builders --dataset {name} (docs/data.md, 'TFDS')")
+    with open(os.path.join(ds_dir, "dataset_info.json"), encoding="utf-8") as f:
+      _split_files(json.load(f), split)  # one-line errors: not array_record, no such split
+    try:
+      with open(os.path.join(ds_dir, "metadata.json"), encoding="utf-8") as f:
+        self.names: list[str] = list(json.load(f)["file_names"][split])
+    except (OSError, KeyError, ValueError):
+      raise ValueError(f"{ds_dir}: no example names in metadata.json; prepare it with python -m "
+                       "scdm_jax.data.tfds_builders (docs/data.md, 'TFDS')") from None
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     builder = tfds.builder_from_directory(ds_dir)
-    if split not in builder.info.splits:
-      raise ValueError(f"{ds_dir}: no split {split!r} (it has {sorted(builder.info.splits)})")
-    with open(os.path.join(ds_dir, "metadata.json"), encoding="utf-8") as f:
-      self.names: list[str] = list(json.load(f)["file_names"][split])
     skip = {k: tfds.decode.SkipDecoding() for k in builder.info.features.keys()
             if k != "file_name"}
     self._source = builder.as_data_source(split, decoders=skip)
