@@ -86,7 +86,7 @@ def test_tfds_batches_equal_folder_batches_and_resume(prepared):
   assert sorted(seen) == datasets.procedural_names("train", NUM)
 
 
-@pytest.mark.slow  # four tiny training runs: 556 s measured on 2 cores at load 12-16
+@pytest.mark.slow  # four tiny training runs: 378-556 s measured on 2 shared cores (load 12-19)
 def test_tfds_trains_and_resumes_like_folders(prepared, tmp_path):
   over = {"data.num_examples": NUM, "data.source": "tfds", "data.tfds_data_dir": prepared}
   folders = str(tmp_path / "folders")
