@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --------------------------------------------------------------------------- data
   config.data = ml_collections.ConfigDict()
   config.data.name = "procedural"  # procedural | ade20k | coco_stuff | celebamask_hq | cityscapes
-  config.data.root = ""  # dataset directory (or TFDS data_dir); unused for procedural
+  config.data.root = ""  # dataset folder (local or gs://...); unused for procedural
   config.data.image_size = image_size
   config.data.num_classes = 9  # K semantic classes (one-hot channels), edge excluded
   config.data.use_instance = False  # add the instance-edge channel (L = K + 1)
@@ -59,6 +59,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.require_images = True  # False: label-only folders (the image is all-zero)
   config.data.num_examples = 0  # procedural: train-split size (0 = 1024); others: 0 = all
   config.data.procedural_seed = 0  # procedural: content seed (independent of train.seed)
+  # Where examples are read from: "folders" (data.root's layout, or generated for procedural)
+  # or "tfds" (array_record files written by `python -m scdm_jax.data.tfds_builders`, read by
+  # random access; same order, sharding and resume as folders; docs/data.md).
+  config.data.source = "folders"
+  config.data.tfds_data_dir = ""  # source=tfds: the TFDS data_dir (local or gs://...)
+  # source=tfds with a gs:// data_dir: each host copies the split's files here once (array_record
+  # cannot open URLs); "" = ~/.cache/scdm_jax/tfds.
+  config.data.tfds_cache_dir = ""
   # Label-noise parameters (data.noise; docs/data.md, scdm-method.md §7).
   config.data.random_rate = 0.1  # random: probability that a pixel becomes unlabeled
   config.data.ds_size = 64  # ds: the annotation is resized (nearest) to this size first

@@ -9,6 +9,12 @@
 # Optional: REMOTE_DIR (default scdm-jax, under $HOME), PYTHON_VERSION (default 3.11),
 #   JAX_VERSION (default: the pin in requirements.txt), PIP_EXTRAS (default "data": the
 #   tf.data input pipeline), VERIFY=0 to skip the device-count check, SSH_FLAGS, DRY_RUN=1.
+# Dataset step (optional; once per dataset, on worker 0 after the install):
+#   DATASET=ade20k|coco_stuff|celebamask_hq|cityscapes|procedural and TFDS_DATA_DIR=gs://...
+#   prepare the dataset as TFDS array_record files there; train with
+#   EXTRA_ARGS="--config.data.source=tfds --config.data.tfds_data_dir=$TFDS_DATA_DIR".
+#   MANUAL_DIR: the downloads (a folder on worker 0, or gs://... copied there first);
+#   DATASET_ARGS: more flags of `python -m scdm_jax.data.tfds_builders` (e.g. --image_size 64).
 #
 # The TPU images ship Python 3.10; the venv is made by uv, which fetches a managed CPython
 # ${PYTHON_VERSION}. Re-running is safe: the checkout is replaced, the venv reused.
@@ -61,3 +67,21 @@ fi
 
 command="$(printf '%s; ' "${steps[@]}")"
 tpu_ssh all "${command% }"
+
+if [[ -n "${DATASET:-}" ]]; then
+  require_vars TFDS_DATA_DIR
+  if [[ "${DATASET}" != procedural && -z "${MANUAL_DIR:-}" ]]; then
+    die "MANUAL_DIR is not set: the ${DATASET} downloads (see docs/data.md, 'TFDS')"
+  fi
+  prep=("cd ${dir}" ". .venv/bin/activate")
+  manual="${MANUAL_DIR:-}"
+  if [[ "${manual}" == gs://* ]]; then
+    prep+=("mkdir -p \$HOME/scdm-manual" "gcloud storage cp -r $(printf '%q' "${manual%/}")/* \$HOME/scdm-manual/")
+    manual="\$HOME/scdm-manual"
+  fi
+  cmd="python -m scdm_jax.data.tfds_builders --dataset $(printf '%q' "${DATASET}") --data_dir $(printf '%q' "${TFDS_DATA_DIR}")"
+  if [[ -n "${manual}" ]]; then cmd+=" --manual_dir ${manual}"; fi
+  if [[ -n "${DATASET_ARGS:-}" ]]; then cmd+=" ${DATASET_ARGS}"; fi
+  prep+=("${cmd}")
+  tpu_ssh 0 "set -e; $(printf '%s; ' "${prep[@]}")"
+fi

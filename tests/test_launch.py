@@ -92,6 +92,27 @@ def test_setup_dry_run_local_copy_and_git():
   assert "checkout --quiet v1" in out
 
 
+def test_setup_dataset_step_then_train_from_tfds():
+  # Prepared once on worker 0 (raw downloads copied from gs:// first), then read by all.
+  out = _dry("tpu_setup.sh", DATASET="ade20k", MANUAL_DIR="gs://bucket/raw/",
+             TFDS_DATA_DIR="gs://bucket/tfds")
+  ssh = [line for line in out.splitlines() if " tpu-vm ssh " in line]
+  assert len(ssh) == 2 and "--worker=0" in ssh[1]
+  assert "gcloud storage cp -r gs://bucket/raw/* $HOME/scdm-manual/" in ssh[1]
+  assert ("python -m scdm_jax.data.tfds_builders --dataset ade20k --data_dir gs://bucket/tfds "
+          "--manual_dir $HOME/scdm-manual") in ssh[1]
+  assert "--manual_dir" not in _dry("tpu_setup.sh", DATASET="procedural",
+                                    TFDS_DATA_DIR="gs://bucket/tfds")
+  for env, missing in (({"DATASET": "ade20k"}, "TFDS_DATA_DIR"),
+                       ({"DATASET": "ade20k", "TFDS_DATA_DIR": "gs://b/t"}, "MANUAL_DIR")):
+    r = _run("tpu_setup.sh", dict(TPU_ENV, DRY_RUN="1", **env))
+    assert r.returncode == 2 and missing in r.stderr
+  out = _dry("tpu_train.sh", EXTRA_ARGS="--config.data.source=tfds "
+             "--config.data.tfds_data_dir=gs://bucket/tfds")
+  assert "--config.data.source=tfds" in out
+  _check_command(out)
+
+
 def test_train_dry_run():
   out = _dry("tpu_train.sh")
   assert "gcloud compute tpus tpu-vm ssh scdm-test" in out and "--worker=all" in out

@@ -9,12 +9,18 @@ timing, and `start_step=N` resumes exactly at batch N without decoding the skipp
 
 Sharding: the sorted example list is split round-robin, host p gets examples p, p + P, ...;
 shards are disjoint and cover the split.
+
+Sources (`data.source`): "folders" reads data.root's layout (`layouts.py`, local or a URL) or
+generates the procedural dataset; "tfds" reads the array_record files `tfds_builders` wrote,
+by random access (`tfds_source.py`). Record i is example i of the sorted list, so the order,
+shards and resume above hold unchanged: only `Source.load` reads elsewhere.
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
+import io
 import os
 import threading
 import weakref
@@ -26,7 +32,9 @@ from scdm_jax.data import layouts
 from scdm_jax.data import noisy
 from scdm_jax.data import palettes
 from scdm_jax.data import procedural
+from scdm_jax.data import tfds_source
 from scdm_jax.data import transforms
+from scdm_jax.io import fileio
 
 def _get(cfg, name: str):
   """Field `name` of a data config (ConfigDict, dict or attribute object).
@@ -56,9 +64,16 @@ def import_tf():
   return tf
 
 
+SOURCES = ("folders", "tfds")
+
+
 @dataclasses.dataclass
 class Source:
-  """A dataset split as an indexable list of examples (numpy/Pillow only)."""
+  """A dataset split as an indexable list of examples (numpy/Pillow only).
+
+  Exactly one backend is set: `examples` (files of a folder layout), `records` (a prepared
+  TFDS split) or neither (the procedural dataset, generated).
+  """
 
   name: str
   names: list[str]
@@ -70,21 +85,36 @@ class Source:
   procedural_size: int = 64
   procedural_seed: int = 0
   split: str = "train"
+  records: tfds_source.RecordSplit | None = None
+  label_files: list[str] | None = None  # records with data.label_dir: labels read from here
 
   def __len__(self) -> int:
     return len(self.names)
 
   def load(self, i: int, *, need_image: bool = True, need_instance: bool = True):
     """Returns (PIL image or uint8 array or None, class ids (h, w) int32, instance or None)."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    if self.records is not None:
+      data, raw, inst = self.records.read(i, need_image=need_image,
+                                          need_instance=need_instance and self.has_instances)
+      image = None
+      if data is not None:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+      where = f"{self.records.path} record {i} ({self.names[i]})"
+      if self.label_files is not None:
+        where = self.label_files[i]
+        raw = layouts.read_raw_label(where)
+      label = self.spec.raw_to_class(raw, where) if self.spec else raw.astype(np.int32)
+      return image, label, None if inst is None else inst.astype(np.int32)
     if self.examples is None:
       ex = procedural.generate(i, size=self.procedural_size, seed=self.procedural_seed,
                                split=self.split)
       return ex["image"], ex["label"].astype(np.int32), ex["instance"]
-    from PIL import Image  # pylint: disable=import-outside-toplevel
     ex = self.examples[i]
     image = None
     if need_image and ex.image is not None:
-      image = Image.open(ex.image)
+      image = Image.open(io.BytesIO(fileio.read_bytes(ex.image)))
       image.load()
     label = self.spec.raw_to_class(layouts.read_raw_label(ex.label), ex.label)
     inst = None
@@ -97,16 +127,32 @@ class Source:
     return image, label, inst
 
 
+def procedural_split_size(num_examples: int, split: str) -> int:
+  """Examples in a procedural split: data.num_examples for train (0 = default), else default."""
+  split = layouts.canonical_split(split)
+  if num_examples and split == "train":
+    return int(num_examples)
+  return procedural.DEFAULT_NUM_EXAMPLES["train" if split == "train" else "validation"]
+
+
+def procedural_names(split: str, n: int) -> list[str]:
+  return [f"procedural_{layouts.canonical_split(split)}_{i:06d}" for i in range(n)]
+
+
 def make_source(data_config, split: str) -> Source:
   """Resolves data_config + split into a Source, validating num_classes."""
   name = _get(data_config, "name")
   split = layouts.canonical_split(split)
   num_examples = int(_get(data_config, "num_examples") or 0)
-  if name == "procedural":
+  kind = str(_get(data_config, "source") or "folders")
+  if kind not in SOURCES:
+    raise ValueError(f"data.source={kind!r}: use 'folders' or 'tfds'")
+  if kind == "tfds":
+    src = _tfds_source(data_config, name, split, num_examples)
+  elif name == "procedural":
     table = procedural.class_table()
-    n = num_examples if (num_examples and split == "train") else \
-        procedural.DEFAULT_NUM_EXAMPLES["train" if split == "train" else "validation"]
-    src = Source("procedural", [f"procedural_{split}_{i:06d}" for i in range(n)],
+    n = procedural_split_size(num_examples, split)
+    src = Source("procedural", procedural_names(split, n),
                  table.num_classes, table.unlabeled_class, True,
                  procedural_size=int(_get(data_config, "image_size")),
                  procedural_seed=int(_get(data_config, "procedural_seed")), split=split)
@@ -121,7 +167,8 @@ def make_source(data_config, split: str) -> Source:
       examples = examples[:num_examples]
     label_dir = _get(data_config, "label_dir")
     if label_dir:
-      examples = _relabel(examples, os.path.expanduser(label_dir))
+      labels = _relabel(label_dir, [os.path.basename(e.label) for e in examples])
+      examples = [dataclasses.replace(e, label=p) for e, p in zip(examples, labels)]
     src = Source(name, [e.name for e in examples], spec.num_classes, spec.unlabeled_class,
                  spec.has_instances, examples=examples, spec=spec, split=split)
   k = int(_get(data_config, "num_classes") or src.num_classes)
@@ -131,22 +178,51 @@ def make_source(data_config, split: str) -> Source:
   return src
 
 
-def _relabel(examples: list[layouts.Example], label_dir: str) -> list[layouts.Example]:
-  """Points every example's label at label_dir/<label file name> (e.g. a noisy copy)."""
-  if not os.path.isdir(label_dir):
+def _tfds_source(data_config, name: str, split: str, num_examples: int) -> Source:
+  """A Source over the prepared TFDS split of dataset `name` (data.source="tfds")."""
+  data_dir = str(_get(data_config, "tfds_data_dir") or "")
+  if not data_dir:
+    raise ValueError("data.source='tfds' needs data.tfds_data_dir (the folder or gs:// URL "
+                     "the dataset was prepared into; docs/data.md, 'TFDS')")
+  if name not in tfds_source.BUILDER_NAMES:
+    layouts.get_spec(name)  # the one-line error for an unknown dataset name
+  if not fileio.is_url(data_dir):
+    data_dir = os.path.expanduser(data_dir)
+  cache = str(_get(data_config, "tfds_cache_dir") or "")
+  if name == "procedural":
+    table = procedural.class_table()
+    config_name = tfds_source.procedural_config_name(
+        int(_get(data_config, "image_size")), procedural_split_size(num_examples, "train"),
+        int(_get(data_config, "procedural_seed")))
+    records = tfds_source.RecordSplit(data_dir, name, split, config_name=config_name,
+                                      cache_dir=cache)
+    return Source(name, list(records.names), table.num_classes, table.unlabeled_class, True,
+                  split=split, records=records)
+  spec = layouts.get_spec(name)
+  records = tfds_source.RecordSplit(data_dir, name, split, cache_dir=cache)
+  names = records.names[:num_examples] if num_examples else list(records.names)
+  label_files = None
+  label_dir = _get(data_config, "label_dir")
+  if label_dir:
+    label_files = _relabel(label_dir, [layouts.label_file_name(name, n) for n in names])
+  return Source(name, names, spec.num_classes, spec.unlabeled_class, spec.has_instances,
+                spec=spec, split=split, records=records, label_files=label_files)
+
+
+def _relabel(label_dir: str, files: list[str]) -> list[str]:
+  """Paths of `files` (label file names) in label_dir (e.g. a noisy copy), all required."""
+  if not fileio.is_url(label_dir):
+    label_dir = os.path.expanduser(label_dir)
+  if not fileio.isdir(label_dir):
     raise FileNotFoundError(f"data.label_dir {label_dir} does not exist; write it with "
                             "`python -m scdm_jax.data.corrupt ... --out DIR` or unset it")
-  out, missing = [], []
-  for ex in examples:
-    path = os.path.join(label_dir, os.path.basename(ex.label))
-    if not os.path.exists(path):
-      missing.append(os.path.basename(ex.label))
-    out.append(dataclasses.replace(ex, label=path))
+  present = set(fileio.listdir(label_dir))  # one listing, not one request per file
+  missing = [f for f in files if f not in present]
   if missing:
     raise FileNotFoundError(f"data.label_dir {label_dir} lacks {len(missing)} label files of "
                             f"the split (first: {missing[:3]}); set data.num_examples to the "
                             "number of corrupted files, or corrupt the whole split")
-  return out
+  return [fileio.join(label_dir, f) for f in files]
 
 
 class ExampleLoader:

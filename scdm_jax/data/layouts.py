@@ -16,15 +16,18 @@ Layouts (the ones SPADE, SDM and SCDM read; `root` may also be the parent folder
 Splits are named "train" and "validation" ("val" and "test" are accepted; "test" is the real
 test split only for CelebAMask-HQ and Cityscapes). Files are matched by stem and sorted, so
 the list (and everything derived from it: shards, shuffles) is the same on every host.
+Every file access goes through `scdm_jax.io.fileio`, so `root` may be a URL (gs://...).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
+import io
 import os
 
 import numpy as np
+
+from scdm_jax.io import fileio
 
 DATASETS = ("ade20k", "coco_stuff", "celebamask_hq", "cityscapes")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -127,17 +130,20 @@ def canonical_split(split: str) -> str:
 
 
 def _stems(folder: str, exts: tuple[str, ...], suffix: str = "") -> dict[str, str]:
+  """Stem -> path of the files under `folder` (recursively) ending in suffix + one of exts."""
+  files = fileio.walk_files(folder)
   out = {}
-  for ext in exts:
-    for p in glob.glob(os.path.join(glob.escape(folder), "**", "*" + suffix + ext),
-                       recursive=True):
-      stem = os.path.basename(p)[: -len(suffix + ext)]
-      out.setdefault(stem, p)
+  for ext in exts:  # the first extension wins when a stem has several
+    end = suffix + ext
+    for p in files:
+      base = p.rsplit("/", 1)[-1] if fileio.is_url(p) else os.path.basename(p)
+      if base.endswith(end) and len(base) > len(end):
+        out.setdefault(base[: -len(end)], p)
   return out
 
 
 def _require_dir(path: str, dataset: str, hint: str) -> None:
-  if not os.path.isdir(path):
+  if not fileio.isdir(path):
     raise FileNotFoundError(
         f"{dataset}: folder {path} does not exist. Expected layout: {hint}. Download the "
         f"dataset and point data.root at it (see docs/data.md).")
@@ -151,8 +157,8 @@ _HINTS = {
 }
 
 
-def list_examples(dataset: str, root: str, split: str, *, require_images: bool = True
-                  ) -> list[Example]:
+def list_examples(dataset: str, root: str, split: str, *, require_images: bool = True,
+                  label_root: str | None = None) -> list[Example]:
   """Lists a split's examples, sorted by name.
 
   Args:
@@ -160,14 +166,19 @@ def list_examples(dataset: str, root: str, split: str, *, require_images: bool =
     root: the dataset folder (see the module docstring).
     split: "train" | "validation" | "test".
     require_images: if False, label files without a matching image are kept (image=None).
+    label_root: Cityscapes only: the folder holding gtFine/ when it is not `root` (the two
+      archives extract to two folders).
 
   Raises:
     FileNotFoundError: a folder of the layout is missing, or the split has no label files.
   """
   get_spec(dataset)  # refuses an unknown dataset name early
   split = canonical_split(split)
-  root = os.path.expanduser(root)
+  root = root if fileio.is_url(root) else os.path.expanduser(root)
+  if label_root is not None and dataset != "cityscapes":
+    raise ValueError(f"label_root is for cityscapes only, not {dataset}")
   hint = _HINTS[dataset]
+  join = fileio.join
   _require_dir(root, dataset, hint)
   inst_dir = None
   inst_suffix = ""
@@ -175,22 +186,22 @@ def list_examples(dataset: str, root: str, split: str, *, require_images: bool =
   img_suffix = ""
   if dataset == "ade20k":
     base = root
-    if not os.path.isdir(os.path.join(base, "annotations")):
-      base = os.path.join(root, "ADEChallengeData2016")
+    if not fileio.isdir(join(base, "annotations")):
+      base = join(root, "ADEChallengeData2016")
     sub = {"train": "training", "validation": "validation", "test": "validation"}[split]
-    img_dir = os.path.join(base, "images", sub)
-    lab_dir = os.path.join(base, "annotations", sub)
+    img_dir = join(base, "images", sub)
+    lab_dir = join(base, "annotations", sub)
   elif dataset == "coco_stuff":
     sub = "train" if split == "train" else "val"
-    img_dir, lab_dir = os.path.join(root, f"{sub}_img"), os.path.join(root, f"{sub}_label")
-    inst_dir = os.path.join(root, f"{sub}_inst")
+    img_dir, lab_dir = join(root, f"{sub}_img"), join(root, f"{sub}_label")
+    inst_dir = join(root, f"{sub}_inst")
   elif dataset == "celebamask_hq":
     sub = "train" if split == "train" else "test"
-    img_dir, lab_dir = os.path.join(root, sub, "images"), os.path.join(root, sub, "labels")
+    img_dir, lab_dir = join(root, sub, "images"), join(root, sub, "labels")
   else:  # cityscapes
     sub = {"train": "train", "validation": "val", "test": "test"}[split]
-    img_dir = os.path.join(root, "leftImg8bit", sub)
-    lab_dir = os.path.join(root, "gtFine", sub)
+    img_dir = join(root, "leftImg8bit", sub)
+    lab_dir = join(label_root or root, "gtFine", sub)
     inst_dir = lab_dir
     img_suffix, label_suffix, inst_suffix = "_leftImg8bit", "_gtFine_labelIds", "_gtFine_instanceIds"
   _require_dir(lab_dir, dataset, hint)
@@ -198,11 +209,11 @@ def list_examples(dataset: str, root: str, split: str, *, require_images: bool =
   if not labels:
     raise FileNotFoundError(f"{dataset}: no label PNGs in {lab_dir} (expected layout: {hint})")
   images: dict[str, str] = {}
-  if os.path.isdir(img_dir):
+  if fileio.isdir(img_dir):
     images = _stems(img_dir, IMAGE_EXTS, img_suffix)
   elif require_images:
     _require_dir(img_dir, dataset, hint)
-  insts = _stems(inst_dir, (".png",), inst_suffix) if inst_dir and os.path.isdir(inst_dir) else {}
+  insts = _stems(inst_dir, (".png",), inst_suffix) if inst_dir and fileio.isdir(inst_dir) else {}
   out = []
   missing = []
   for stem in sorted(labels):
@@ -221,9 +232,13 @@ def list_examples(dataset: str, root: str, split: str, *, require_images: bool =
 def read_raw_label(path: str) -> np.ndarray:
   """Reads a single-channel label/instance PNG as an integer array (palette PNGs: indices)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"label file {path} does not exist")
-  with Image.open(path) as im:
+  try:
+    data = fileio.read_bytes(path)
+  except Exception as e:  # an object store's not-found error need not be FileNotFoundError
+    if isinstance(e, FileNotFoundError) or not fileio.exists(path):
+      raise FileNotFoundError(f"label file {path} does not exist") from None
+    raise
+  with Image.open(io.BytesIO(data)) as im:
     if im.mode in ("RGB", "RGBA"):
       arr = np.asarray(im.convert("RGB"))
       if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
@@ -233,3 +248,8 @@ def read_raw_label(path: str) -> np.ndarray:
           "Convert it with a palette (scdm_jax.data.label_io.load_label_map(..., palette=...)).")
     arr = np.asarray(im)
   return arr
+
+
+def label_file_name(dataset: str, stem: str) -> str:
+  """The label PNG's file name of example `stem` (what data.label_dir copies are matched by)."""
+  return stem + ("_gtFine_labelIds" if dataset == "cityscapes" else "") + ".png"

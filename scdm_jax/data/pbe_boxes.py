@@ -279,6 +279,8 @@ def dataset_boxes(data_config, split: str = "train", *, stuff: Iterable[str] | N
     BoxSet; procedural records carry (index, size, seed, split) instead of a path.
   """
   source = datasets.make_source(data_config, split)
+  if source.records is not None:  # box records name image files (or procedural indices)
+    raise ValueError("Paint-by-Example box lists read image files: set data.source='folders'")
   stuff = DEFAULT_STUFF.get(source.name, ("unlabeled",)) if stuff is None else tuple(stuff)
   table = palettes.get_class_table(source.name)
   stuff_ids = stuff_ids_for(table.names, stuff)

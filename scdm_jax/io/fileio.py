@@ -51,6 +51,20 @@ def listdir(path: str | os.PathLike) -> list[str]:
   return sorted(os.listdir(path))
 
 
+def walk_files(path: str | os.PathLike) -> list[str]:
+  """Paths of every file under a folder (recursively), sorted; URLs through epath."""
+  path = os.fspath(path)
+  if is_url(path):
+    base = _epath(path)
+    out = []
+    for d, _, files in base.walk():  # one listing per folder (gfile.walk / fsspec)
+      rel = d.relative_to(base).as_posix()
+      folder = path if rel == "." else join(path, rel)
+      out += [join(folder, f) for f in files]
+    return sorted(out)
+  return sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files)
+
+
 def read_bytes(path: str | os.PathLike) -> bytes:
   path = os.fspath(path)
   if is_url(path):
@@ -94,9 +108,13 @@ def list_images(path: str, what: str, extensions: tuple[str, ...] = (".png",)) -
   return [path]
 
 
-def join(folder: str, name: str) -> str:
+def join(folder: str, *names: str) -> str:
   """`os.path.join` that also works on URLs (always '/')."""
-  return f"{folder.rstrip('/')}/{name}" if is_url(folder) else os.path.join(folder, name)
+  if not is_url(folder):
+    return os.path.join(folder, *names)
+  for name in names:
+    folder = f"{folder.rstrip('/')}/{name}"
+  return folder
 
 
 def match_by_name(inputs: list[str], path: str, what: str, of: str) -> list[str]:
