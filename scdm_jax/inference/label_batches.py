@@ -13,7 +13,6 @@ import dataclasses
 import os
 from collections.abc import Iterator
 
-from absl import logging
 import ml_collections
 import numpy as np
 
@@ -91,9 +90,6 @@ def _from_files(config, source: str, batch_size: int, max_maps: int | None
       if fmt == "palette" and report.mode != "palette":
         raise ValueError(f"{path}: config.sample.label_format='palette' but the file is a "
                          "single-channel id map; use label_format=ids or auto.")
-      if report.unknown_colors:
-        logging.warning("%s: %d pixels had colours outside the palette (snapped).", path,
-                        report.snapped_pixels)
       ids_list.append(ids.astype(np.int32))
       names.append(os.path.splitext(os.path.basename(path))[0])
     label = np.stack(ids_list)
