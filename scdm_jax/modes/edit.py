@@ -56,6 +56,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
   ec, sc = config.edit, config.sample
   recipe.check_counts(config, "edit", {"num_samples": 1})  # before anything is read
   recipe.check_counts(config, "sample", {"batch_size": 1})
+  out_dir = ec.output_dir or os.path.join(workdir or ".", "edits")
+  if jax.process_index() == 0:
+    fileio.check_writable(out_dir, "config.edit.output_dir")
   if not ec.guide:
     raise ValueError("--mode edit needs --config.edit.guide=<PNG or folder> (the strokes "
                      "for SDEdit, or the source image for masked editing)")
@@ -97,7 +100,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
   k0 = editor.start_index(t0, alpha_bar)
   palette = config.data.class_table or config.data.name
   fmt = sc.label_format
-  out_dir = ec.output_dir or os.path.join(workdir or ".", "edits")
   n_per = int(ec.num_samples)
   batch = max(1, int(sc.batch_size) // n_per)
   base_key = jax.random.key(int(sc.seed))
