@@ -26,6 +26,7 @@ import numpy as np
 
 from scdm_jax.data import label_io
 from scdm_jax.data import palettes
+from scdm_jax.io import atomic
 
 
 def _before(rgb: np.ndarray, colors: np.ndarray):
@@ -92,8 +93,7 @@ def main() -> None:
             "python": platform.python_version(), "numpy": np.__version__}
   text = json.dumps(report, indent=1)
   if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      f.write(text + "\n")
+    atomic.write_text(args.out, text + "\n")
   print(text)
 
 

@@ -15,7 +15,13 @@ import errno
 import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
+from conftest import REPO
 from conftest import load_config
 import numpy as np
 from PIL import Image
@@ -275,3 +281,195 @@ def test_a_file_in_the_way_of_the_output_folder(tmp_path):
   _one_line(e.value, "config.sample.output_dir", "in the way", str(blocker))
   fileio.check_writable(tmp_path / "new" / "deeper", "x")
   assert not os.path.exists(tmp_path / "new")  # checking creates nothing
+
+
+# --- kill -9 during checkpoint writes ------------------------------------------------------
+
+# A trainer's checkpoint traffic without the model: each step saves arrays that all hold the
+# step number (a few MB, so a write takes a while), asynchronously as training does, and a
+# start restores the newest readable step and checks every value is that step's.
+_SAVER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from scdm_jax import checkpointing
+    root, end = sys.argv[1], int(sys.argv[2])
+    shape = {"w": (512, 1024), "b": (4096,)}
+    target = {k: np.zeros(s, np.float32) for k, s in shape.items()}
+    ck = checkpointing.TrainCheckpointer(root, keep_last=3, async_save=True)
+    got = ck.restore_newest_readable(target)
+    step = 0
+    if got is not None:
+      step, state, meta = got
+      bad = [k for k, v in state.items() if not (np.asarray(v) == step).all()]
+      if meta["step"] != step or bad:
+        sys.exit(f"step {step} restored with wrong contents: {bad}, meta {meta}")
+    print("RESUMED", step, flush=True)
+    while step < end:
+      step += 1
+      ck.save(step, {k: np.full(s, step, np.float32) for k, s in shape.items()},
+              {"step": step})
+    ck.close()
+    print("DONE", step, flush=True)
+    """)
+
+
+def _finished_steps(root):
+  return sorted(int(n) for n in os.listdir(root) if n.isdigit()) if os.path.isdir(root) else []
+
+
+def _has_tmp(root, after=-1):
+  """Whether orbax's temporary folder of a step after `after` is there."""
+  if not os.path.isdir(root):
+    return False
+  steps = [n.split(".")[0] for n in os.listdir(root) if "orbax-checkpoint-tmp" in n]
+  return any(s.isdigit() and int(s) > after for s in steps)
+
+
+def _start(script, root, end, log):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env.pop("XLA_FLAGS", None)  # one device is enough here
+  return subprocess.Popen([sys.executable, str(script), str(root), str(end)], cwd=REPO,
+                          stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_for(predicate, proc, timeout=240.0):
+  t_end = time.monotonic() + timeout
+  while time.monotonic() < t_end:
+    if predicate():
+      return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(0.001)
+  raise TimeoutError("the saver did not get there in time")
+
+
+def _resumed_from(log_path):
+  for line in open(log_path, encoding="utf-8", errors="replace"):
+    if line.startswith("RESUMED "):
+      return int(line.split()[1])
+  return None
+
+
+@pytest.mark.slow
+def test_kill_9_during_checkpoint_writes_resumes_from_the_newest_complete_step(tmp_path):
+  script = tmp_path / "saver.py"
+  script.write_text(_SAVER)
+  root = tmp_path / "checkpoints"
+  # Where each run is killed: when orbax's temporary folder appears (first file being
+  # written), a few ms and 30 ms into a write, and just after a step was renamed into place
+  # (while the older steps are deleted and the next write starts).
+  kills = [("tmp folder appears", "tmp", 0.0), ("5 ms into a write", "tmp", 0.005),
+           ("30 ms into a write", "tmp", 0.03), ("just after a commit", "commit", 0.0)]
+  expected_start = 0
+  left_mid_write = []  # kills that left a temporary folder (a write cut off)
+  for i, (what, when, delay) in enumerate(kills):
+    log_path = tmp_path / f"run{i}.log"
+    with open(log_path, "w", encoding="utf-8") as log:
+      proc = _start(script, root, 10**6, log)
+      try:
+        assert _wait_for(lambda: _resumed_from(log_path) is not None, proc), \
+            log_path.read_text()[-3000:]
+        # The run resumed from the newest step the previous kill left complete.
+        assert _resumed_from(log_path) == expected_start, (what, log_path.read_text()[-3000:])
+        before = _finished_steps(root)
+        if when == "tmp":
+          ready = lambda: _has_tmp(root, expected_start)  # noqa: E731
+        else:
+          ready = lambda: _finished_steps(root) and _finished_steps(root)[-1] > \
+              (before[-1] if before else 0)  # noqa: E731
+        assert _wait_for(ready, proc), log_path.read_text()[-3000:]
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+      finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (what, log_path.read_text()[-3000:])
+    finished = _finished_steps(root)
+    if _has_tmp(root, finished[-1] if finished else 0):
+      left_mid_write.append(what)
+    expected_start = finished[-1] if finished else 0
+  # A last run resumes, checks the contents and finishes; nothing temporary is left.
+  log_path = tmp_path / "final.log"
+  with open(log_path, "w", encoding="utf-8") as log:
+    proc = _start(script, root, expected_start + 3, log)
+    proc.wait(timeout=300)
+  text = log_path.read_text()
+  assert proc.returncode == 0, text[-3000:]
+  assert _resumed_from(log_path) == expected_start and f"DONE {expected_start + 3}" in text
+  assert "unreadable" not in text  # no half-written step was ever listed as a step
+  assert not _has_tmp(root) and _finished_steps(root)[-1] == expected_start + 3
+  assert expected_start > 0  # some saves completed between the kills
+  assert left_mid_write, "no kill landed inside a write"
+
+
+# The real trainer (configs/tiny.py) in a subprocess, run through main as a user would; a
+# full disk is injected from the given checkpoint step on (FAIL_CHECKPOINT_FROM).
+_TRAINER = textwrap.dedent("""
+    import builtins, errno, os, sys
+    from scdm_jax import main
+    fail_from = int(os.environ.get("FAIL_CHECKPOINT_FROM", "0"))
+    real_open = builtins.open
+    def open_(file, mode="r", *a, **k):
+      name = os.fspath(file) if isinstance(file, (str, os.PathLike)) else ""
+      if fail_from and "orbax-checkpoint-tmp" in name and any(c in mode for c in "wax+"):
+        step = os.path.basename(name.split(".orbax-checkpoint-tmp")[0])
+        if step.isdigit() and int(step) >= fail_from:
+          raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+      return real_open(file, mode, *a, **k)
+    builtins.open = open_
+    workdir, total = sys.argv[1], sys.argv[2]
+    sys.argv = ["prog", "--config", "configs/tiny.py", "--workdir", workdir,
+                f"--config.train.total_steps={total}", "--config.train.async_checkpoint=True"]
+    main.run()
+    """)
+
+
+def _train_proc(script, workdir, total, log, cache, **env):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+             JAX_COMPILATION_CACHE_DIR=str(cache),  # the later runs reuse the compiled step
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **env)
+  env.pop("XLA_FLAGS", None)
+  return subprocess.Popen([sys.executable, str(script), str(workdir), str(total)], cwd=REPO,
+                          stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+@pytest.mark.slow
+def test_training_killed_mid_save_resumes_and_a_full_disk_ends_in_one_line(tmp_path):
+  script = tmp_path / "trainer.py"
+  script.write_text(_TRAINER)
+  workdir, cache = tmp_path / "w", tmp_path / "jax_cache"
+  root = workdir / "checkpoints"
+  # 1. Killed while the checkpoint of step 3 or later is being written.
+  with open(tmp_path / "run1.log", "w", encoding="utf-8") as log:
+    proc = _train_proc(script, workdir, 10**5, log, cache)
+    try:
+      assert _wait_for(lambda: _has_tmp(root, 2), proc, timeout=900), \
+          (tmp_path / "run1.log").read_text()[-3000:]
+      proc.send_signal(signal.SIGKILL)
+    finally:
+      proc.kill()
+      proc.wait()
+  newest = _finished_steps(root)[-1]
+  assert newest >= 2
+  # 2. The next start resumes from the newest complete step and finishes.
+  with open(tmp_path / "run2.log", "w", encoding="utf-8") as log:
+    proc = _train_proc(script, workdir, newest + 2, log, cache)
+    proc.wait(timeout=900)
+  text = (tmp_path / "run2.log").read_text()
+  assert proc.returncode == 0, text[-3000:]
+  assert f"resumed from step {newest} " in text and "unreadable" not in text
+  assert _finished_steps(root)[-1] == newest + 2 and not _has_tmp(root)
+  kept = _finished_steps(root)
+  # 3. The disk fills up while the next checkpoint is written: one line, status 1, the
+  # temporary folder removed, the older steps kept.
+  with open(tmp_path / "run3.log", "w", encoding="utf-8") as log:
+    proc = _train_proc(script, workdir, newest + 4, log, cache,
+                       FAIL_CHECKPOINT_FROM=str(newest + 3))
+    proc.wait(timeout=900)
+  lines = [ln for ln in (tmp_path / "run3.log").read_text().splitlines() if ln.strip()]
+  assert proc.returncode == 1, "\n".join(lines[-40:])
+  assert lines[-1].startswith("scdm_jax: error: cannot write ") and \
+      "the disk is full" in lines[-1] and str(root) in lines[-1], lines[-1]
+  assert not any(ln.startswith("Traceback") for ln in lines), "\n".join(lines[-60:])
+  assert not _has_tmp(root) and _finished_steps(root) == kept
