@@ -5,6 +5,7 @@ snapping exact, fast and bounded in memory."""
 import tracemalloc
 
 from absl import logging as absl_logging
+from conftest import load_config
 import numpy as np
 from PIL import Image
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from scdm_jax.data import colour_snap
 from scdm_jax.data import label_io
 from scdm_jax.data import palettes
+from scdm_jax.inference import label_batches
 
 
 def _warnings(monkeypatch):
@@ -192,3 +194,21 @@ def test_a_stretched_map_is_warned(tmp_path, monkeypatch, shape, warned):
   if warned:
     assert len(hits) == 1 and path in hits[0] and "\n" not in hits[0]
     assert f"{shape[0]}x{shape[1]}" in hits[0] and "16x16" in hits[0]
+
+
+def test_raw_dataset_ids_from_the_command_line(tmp_path):
+  # An ADE20K annotation PNG: 0 = unlabeled, k = class k-1.
+  raw = np.array([[0, 1, 2, 150]] * 4, np.uint8)
+  path = str(tmp_path / "ade.png")
+  Image.fromarray(raw).save(path)
+  overrides = {"data.name": "ade20k", "data.num_classes": 151, "data.image_size": 4,
+               "sample.source": path, "sample.max_maps": 1}
+  raw_cfg = load_config("tiny", **overrides, **{"sample.label_format": "raw_ids"})
+  (batch,) = label_batches.iter_label_batches(raw_cfg, 1)
+  np.testing.assert_array_equal(batch.label[0], np.array([[150, 0, 1, 149]] * 4))
+  ids_cfg = load_config("tiny", **overrides, **{"sample.label_format": "ids"})
+  (batch,) = label_batches.iter_label_batches(ids_cfg, 1)
+  np.testing.assert_array_equal(batch.label[0], raw)  # read as class ids, as before
+  bad = load_config("tiny", **overrides, **{"sample.label_format": "raw"})
+  with pytest.raises(ValueError, match="label_format='raw' is unknown.*raw_ids"):
+    next(iter(label_batches.iter_label_batches(bad, 1)))

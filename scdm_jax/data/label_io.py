@@ -142,7 +142,28 @@ def _check_ids(ids: np.ndarray, num_classes: int, path: str, allow_unknown: bool
         f"{path}: label ids outside the class table 0..{num_classes - 1}: {listing}. "
         "If this is a colour-coded map, pass palette=... (a dataset name or a JSON file); if "
         "a value marks don't-care pixels (e.g. 255), pass unknown_value=that value; if the "
-        "file uses a dataset's raw convention (ADE20K 0 = unlabeled), pass dataset=...")
+        "file uses a dataset's raw convention (ADE20K 0 = unlabeled), pass dataset=... "
+        "(on the command line: --config.sample.label_format=raw_ids)")
+
+
+LABEL_FORMATS = ("auto", "ids", "palette", "raw_ids")
+
+
+def format_options(label_format: str, palette: str, dataset: str
+                   ) -> tuple[str | None, str | None]:
+  """(palette, dataset) arguments of `load_label_map` for `config.sample.label_format`.
+
+  "ids": class ids; "raw_ids": ids in `dataset`'s raw convention (ADE20K 0 = unlabeled);
+  "palette" and "auto": colour maps through `palette` (single-channel maps stay class ids).
+  """
+  if label_format not in LABEL_FORMATS:
+    raise ValueError(f"config.sample.label_format={label_format!r} is unknown; use one of "
+                     f"{', '.join(LABEL_FORMATS)}")
+  if label_format == "ids":
+    return None, None
+  if label_format == "raw_ids":
+    return None, dataset
+  return palette, None
 
 
 def load_label_map(path: str, *, num_classes: int, palette: str | palettes.ClassTable | None = None,

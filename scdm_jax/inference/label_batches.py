@@ -80,13 +80,14 @@ def _from_files(config, source: str, batch_size: int, max_maps: int | None
                 ) -> Iterator[LabelBatch]:
   k, size = int(config.data.num_classes), int(config.data.image_size)
   fmt = config.sample.label_format
-  palette = config.data.class_table or config.data.name
+  palette, dataset = label_io.format_options(fmt, config.data.class_table or config.data.name,
+                                             config.data.name)
   files = fileio.list_images(source, "config.sample.source")[:max_maps]
   for i in range(0, len(files), batch_size):
     ids_list, names = [], []
     for path in files[i:i + batch_size]:
-      ids, report = label_io.load_label_map(
-          path, num_classes=k, palette=None if fmt == "ids" else palette, size=size)
+      ids, report = label_io.load_label_map(path, num_classes=k, palette=palette,
+                                            dataset=dataset, size=size)
       if fmt == "palette" and report.mode != "palette":
         raise ValueError(f"{path}: config.sample.label_format='palette' but the file is a "
                          "single-channel id map; use label_format=ids or auto.")

@@ -98,8 +98,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
   size = int(config.data.image_size)
   t0, alpha_bar, repeats = float(ec.t0), float(ec.alpha_bar) or None, int(ec.repeats)
   k0 = editor.start_index(t0, alpha_bar)
-  palette = config.data.class_table or config.data.name
-  fmt = sc.label_format
+  palette, dataset = label_io.format_options(
+      sc.label_format, config.data.class_table or config.data.name, config.data.name)
   n_per = int(ec.num_samples)
   batch = max(1, int(sc.batch_size) // n_per)
   base_key = jax.random.key(int(sc.seed))
@@ -116,8 +116,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
       img = image_io.load_image(guides[i])
       sizes = [(f"guide {guides[i]}", img.shape[:2])]
       if labels[i]:
-        ids, _ = label_io.load_label_map(labels[i], num_classes=k,
-                                         palette=None if fmt == "ids" else palette)
+        ids, _ = label_io.load_label_map(labels[i], num_classes=k, palette=palette,
+                                         dataset=dataset)
         sizes.append((f"label map {labels[i]}", ids.shape))
         ids_list.append(ids)
       if masked:
