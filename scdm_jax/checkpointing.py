@@ -264,12 +264,22 @@ class TrainCheckpointer:
       yield
     except OSError as e:
       self._write_failed = True
+      self._stop_background()
       _remove_partial(glob.glob(os.path.join(glob.escape(self.directory),
                                              "*.orbax-checkpoint-tmp*")))
       where = self.directory if step is None else os.path.join(self.directory, str(step))
       kept = self.all_steps_on_disk()
       err = fileio.write_error(e, where)
       raise (err if kept is None else _with_kept(err, kept)) from None
+
+  def _stop_background(self) -> None:
+    """Lets orbax's other save threads finish and closes the manager, so nothing writes
+    into the temporary folder after it is removed (their errors were the one reported)."""
+    for stop in (self._mngr.wait_until_finished, self._mngr.close):
+      try:
+        stop()
+      except Exception:  # pylint: disable=broad-except  # the same failure, already reported
+        pass
 
   def all_steps_on_disk(self) -> list[int] | None:
     """Finished step folders, read from the folder itself (orbax's view may be stale)."""
@@ -398,12 +408,7 @@ class TrainCheckpointer:
       self._mngr.wait_until_finished()
 
   def close(self) -> None:
-    if self._write_failed:  # already reported: close quietly, keep the first error
-      try:
-        self._mngr.wait_until_finished()
-        self._mngr.close()
-      except (OSError, RuntimeError):
-        pass
+    if self._write_failed:  # already reported and closed: keep the first error
       return
     with self._write_errors(None):
       self._mngr.wait_until_finished()

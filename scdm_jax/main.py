@@ -111,10 +111,18 @@ def _initialize_distributed() -> None:
 
 
 class _QuietOrbax(std_logging.Filter):
-  """Drops orbax's per-save INFO chatter (dozens of lines per checkpoint); keeps warnings."""
+  """Drops orbax's per-save INFO chatter (dozens of lines per checkpoint) and its per-thread
+  tracebacks of a write failure that is reported in one line; keeps other warnings."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    if record.levelno < std_logging.WARNING:
+      return False
+    # A full disk or read-only folder: each of orbax's save threads logs its traceback;
+    # checkpointing reports the failure once, in one line (fileio.WriteError).
+    return not fileio.is_write_failure(record.exc_info[1] if record.exc_info else None,
+                                       record.getMessage())
 
 
 # Exit status of a training run stopped by SIGTERM after saving its checkpoint (EX_TEMPFAIL

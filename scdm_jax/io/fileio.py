@@ -128,6 +128,14 @@ _WRITE_FAILURES = {
 }
 
 
+def is_write_failure(err: BaseException | None, message: str = "") -> bool:
+  """Whether `err` (or, without one, a logged `message`) is a failure `write_error` turns
+  into one line: a full disk, a read-only folder and the like."""
+  if isinstance(err, OSError):
+    return err.errno in _WRITE_FAILURES
+  return any(f"[Errno {n}] {os.strerror(n)}" in message for n in _WRITE_FAILURES)
+
+
 def write_error(err: OSError, path: str | os.PathLike, what: str = "") -> OSError:
   """`err` as a one-line `WriteError` about `path` (`what`: e.g. "--workdir"), or `err`
   itself when it is not a failure a user can fix (those keep their traceback)."""
