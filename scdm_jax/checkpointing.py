@@ -19,6 +19,11 @@ Two kinds of checkpoint live here:
   "source"}`). Written by `python -m scdm_jax.convert` and by `--mode export`; read by the
   sampler.
 
+A write that fails for a reason the user can fix (a full disk, a read-only folder) raises
+`fileio.WriteError` (one line naming the step and the steps kept); orbax's temporary folder
+is removed and the older steps stay as they were. A local export is written next to its
+target and swapped in, so a failed export keeps the previous one.
+
 Keeping orbax behind this one module means a move to the orbax v1 API touches one file.
 """
 
