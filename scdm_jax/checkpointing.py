@@ -119,13 +119,25 @@ def _swap_in(written: str, path: str) -> None:
   shutil.rmtree(old, ignore_errors=True)
 
 
-def _remove_partial(folders: list[str]) -> None:
-  """Removes what a failed write left (orbax keeps its temporary folder on an error)."""
+def _remove_partial(folders: list[str], settle: float = 0.0) -> None:
+  """Removes what a failed write left (orbax keeps its temporary folder on an error).
+
+  With `settle`, removes again until the folders stay gone for that many seconds (at most
+  ~20 s): writes of a background save still in flight may recreate them.
+  """
+  deadline = time.monotonic() + 20.0
+  while True:
+    for folder in folders:
+      shutil.rmtree(folder, ignore_errors=True)
+    if settle <= 0 or time.monotonic() > deadline:
+      break
+    time.sleep(settle)
+    if not any(os.path.exists(f) for f in folders):
+      break
   for folder in folders:
-    shutil.rmtree(folder, ignore_errors=True)
     if os.path.exists(folder):
-      logging.warning("Could not remove the partial checkpoint folder %s; delete it by hand.",
-                      folder)
+      logging.warning("Could not remove the partial checkpoint folder %s; delete it by hand "
+                      "(the next start removes it too).", folder)
 
 
 def _with_kept(err: OSError, kept: list[int]) -> OSError:
@@ -271,7 +283,7 @@ class TrainCheckpointer:
       self._write_failed = True
       self._stop_background()
       _remove_partial(glob.glob(os.path.join(glob.escape(self.directory),
-                                             "*.orbax-checkpoint-tmp*")))
+                                             "*.orbax-checkpoint-tmp*")), settle=0.5)
       where = self.directory if step is None else os.path.join(self.directory, str(step))
       kept = self.all_steps_on_disk()
       err = fileio.write_error(e, where)
