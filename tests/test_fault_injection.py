@@ -465,8 +465,8 @@ def test_training_killed_mid_save_resumes_and_a_full_disk_ends_in_one_line(tmp_p
   kept = _finished_steps(root)
   # 3. The disk fills up while the next checkpoint is written: one line, status 1, the
   # temporary folder removed, the older steps kept. Synchronous saves: after a failed
-  # background save, tensorstore's writes still in flight print asyncio tracebacks after
-  # the line and refill the temporary folder, which the next start removes (not fixed).
+  # background save the same holds, but tensorstore's writes still in flight then print
+  # "Event loop is closed" tracebacks around the line (not fixed).
   with open(tmp_path / "run3.log", "w", encoding="utf-8") as log:
     proc = _train_proc(script, workdir, newest + 4, log, cache,
                        FAIL_CHECKPOINT_FROM=str(newest + 3), ASYNC_CHECKPOINT="False")
