@@ -162,7 +162,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sample.batch_size = 8  # global sampling batch (rounded up to the device count)
   # Labels: a dataset split name ("validation") or a label PNG / folder of PNGs.
   config.sample.source = "validation"
-  config.sample.label_format = "auto"  # auto | ids | palette (for user PNGs)
+  # auto | ids | palette | raw_ids (for user PNGs; raw_ids = the data.name dataset's own id
+  # convention, e.g. ADE20K annotation PNGs where 0 = unlabeled)
+  config.sample.label_format = "auto"
   config.sample.max_maps = 0  # 0 = all maps of the source
   config.sample.checkpoint = ""  # inference checkpoint dir ("" = <workdir>/export, else latest train ckpt)
   config.sample.use_ema = True  # train checkpoints only: EMA (default) or raw params

@@ -19,12 +19,20 @@ Two kinds of checkpoint live here:
   "source"}`). Written by `python -m scdm_jax.convert` and by `--mode export`; read by the
   sampler.
 
+A write that fails for a reason the user can fix (a full disk, a read-only folder) raises
+`fileio.WriteError` (one line naming the step and the steps kept); orbax's temporary folder
+is removed and the older steps stay as they were. A local export is written next to its
+target and swapped in, so a failed export keeps the previous one.
+
 Keeping orbax behind this one module means a move to the orbax v1 API touches one file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import shutil
 import time
 from typing import Any, Callable, Mapping
 
@@ -76,17 +84,68 @@ def save_export(directory: str | os.PathLike, params: Mapping[str, Any],
   # Orbax's StandardSave wants arrays; numpy leaves are fine. Scalars become 0-d arrays.
   # jax.Arrays (possibly sharded over hosts) are saved as they are; anything else -> numpy.
   params = jax.tree.map(lambda x: np.asarray(x) if _is_host_leaf(x) else x, dict(params))
-  with ocp.Checkpointer(
-      ocp.CompositeCheckpointHandler(handler_registry=_export_registry())) as ckptr:
-    ckptr.save(
-        path,
-        args=ocp.args.Composite(**{
-            _PARAMS: ocp.args.StandardSave(params),
-            _META: ocp.args.JsonSave(meta),
-        }),
-        force=True)
+  # Locally, one process: write a fresh sibling and swap it in, so a failed write (a full
+  # disk) keeps the previous export; orbax's force=True would delete it first.
+  swap = not fileio.is_url(path) and jax.process_count() == 1
+  written = f"{path}.new-{os.getpid()}" if swap else path
+  try:
+    with ocp.Checkpointer(
+        ocp.CompositeCheckpointHandler(handler_registry=_export_registry())) as ckptr:
+      ckptr.save(
+          written,
+          args=ocp.args.Composite(**{
+              _PARAMS: ocp.args.StandardSave(params),
+              _META: ocp.args.JsonSave(meta),
+          }),
+          force=True)
+    if swap:
+      _swap_in(written, path)
+  except OSError as e:
+    if swap:
+      _remove_partial(glob.glob(glob.escape(written) + "*"))
+    else:
+      _remove_partial(glob.glob(glob.escape(path) + ".orbax-checkpoint-tmp*"))
+    raise fileio.write_error(e, path) from None
   logging.info("Wrote inference checkpoint %s", path)
   return path
+
+
+def _swap_in(written: str, path: str) -> None:
+  """Moves the finished `written` folder to `path`, replacing what was there."""
+  old = f"{path}.old-{os.getpid()}"
+  if os.path.exists(path):
+    os.replace(path, old)
+  os.replace(written, path)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_partial(folders: list[str], settle: float = 0.0) -> None:
+  """Removes what a failed write left (orbax keeps its temporary folder on an error).
+
+  With `settle`, removes again until the folders stay gone for that many seconds (at most
+  ~20 s): writes of a background save still in flight may recreate them.
+  """
+  deadline = time.monotonic() + 20.0
+  while True:
+    for folder in folders:
+      shutil.rmtree(folder, ignore_errors=True)
+    if settle <= 0 or time.monotonic() > deadline:
+      break
+    time.sleep(settle)
+    if not any(os.path.exists(f) for f in folders):
+      break
+  for folder in folders:
+    if os.path.exists(folder):
+      logging.warning("Could not remove the partial checkpoint folder %s; delete it by hand "
+                      "(the next start removes it too).", folder)
+
+
+def _with_kept(err: OSError, kept: list[int]) -> OSError:
+  """Adds which steps are still on disk to a one-line write error."""
+  if not isinstance(err, fileio.WriteError):
+    return err
+  note = f" Steps kept: {kept}." if kept else " No earlier step is on disk."
+  return fileio.WriteError(err.errno, err.strerror + note)
 
 
 def _is_host_leaf(x: Any) -> bool:
@@ -191,6 +250,7 @@ class TrainCheckpointer:
         with `wait=True` or `close()` blocks until the write is committed.
     """
     self.directory = _abs_path(directory)
+    self._write_failed = False
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep_last if keep_last and keep_last > 0 else None,
         keep_period=keep_every if keep_every and keep_every > 0 else None,
@@ -226,16 +286,50 @@ class TrainCheckpointer:
     """
     if step in self._mngr.all_steps():
       return False
-    saved = self._mngr.save(
-        step,
-        args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardSave(state),
-            _META: ocp.args.JsonSave(dict(meta)),
-        }),
-        force=True)
-    if wait:
-      self._mngr.wait_until_finished()
+    with self._write_errors(step):
+      saved = self._mngr.save(
+          step,
+          args=ocp.args.Composite(**{
+              _STATE: ocp.args.StandardSave(state),
+              _META: ocp.args.JsonSave(dict(meta)),
+          }),
+          force=True)
+      if wait:
+        self._mngr.wait_until_finished()
     return saved
+
+  @contextlib.contextmanager
+  def _write_errors(self, step: int | None):
+    """A failed write (full disk, read-only folder; in a background save it surfaces at the
+    next save or wait) becomes one line; orbax's temporary folder is removed, the older
+    steps are kept, and `close` does not raise it a second time."""
+    try:
+      yield
+    except OSError as e:
+      self._write_failed = True
+      self._stop_background()
+      _remove_partial(glob.glob(os.path.join(glob.escape(self.directory),
+                                             "*.orbax-checkpoint-tmp*")), settle=0.5)
+      where = self.directory if step is None else os.path.join(self.directory, str(step))
+      kept = self.all_steps_on_disk()
+      err = fileio.write_error(e, where)
+      raise (err if kept is None else _with_kept(err, kept)) from None
+
+  def _stop_background(self) -> None:
+    """Lets orbax's other save threads finish and closes the manager, so nothing writes
+    into the temporary folder after it is removed (their errors were the one reported)."""
+    for stop in (self._mngr.wait_until_finished, self._mngr.close):
+      try:
+        stop()
+      except Exception:  # pylint: disable=broad-except  # the same failure, already reported
+        pass
+
+  def all_steps_on_disk(self) -> list[int] | None:
+    """Finished step folders, read from the folder itself (orbax's view may be stale)."""
+    try:
+      return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+    except OSError:
+      return None
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     """Restores `step` into the structure/shardings of `abstract_state`.
@@ -353,8 +447,12 @@ class TrainCheckpointer:
     return dict(restored[_META])
 
   def wait(self) -> None:
-    self._mngr.wait_until_finished()
+    with self._write_errors(None):
+      self._mngr.wait_until_finished()
 
   def close(self) -> None:
-    self._mngr.wait_until_finished()
+    if self._write_failed:  # already reported and closed: keep the first error
+      return
+    with self._write_errors(None):
+      self._mngr.wait_until_finished()
     self._mngr.close()

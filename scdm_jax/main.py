@@ -20,7 +20,9 @@ end in one line, `scdm_jax: error: <what, where, what to do>`, and exit status 1
 SCDM_TRACEBACK=1 to see the Python traceback as well. A config that does not load (a missing
 file or variant, an unknown `--config.<key>`: the closest valid key is suggested) ends the
 same way. A training run stopped by SIGTERM saves a checkpoint and exits with status 75
-(EX_TEMPFAIL, `EXIT_PREEMPTED`) so that a scheduler requeues it.
+(EX_TEMPFAIL, `EXIT_PREEMPTED`) so that a scheduler requeues it. A full disk or a read-only
+output folder (checked before the work starts) ends in one line too; a failed checkpoint
+write leaves no temporary folder and keeps the older steps.
 Multi-host: `jax.distributed.initialize()` runs when --distributed is set, or when the
 environment names a coordinator (JAX_COORDINATOR_ADDRESS, SLURM, or a Cloud TPU pod slice,
 SCDM_DISTRIBUTED=1). Each mode is `scdm_jax.modes.<name>.run(config, workdir)`; `MODES`
@@ -43,6 +45,7 @@ import jax
 from ml_collections import config_flags
 
 from scdm_jax import recipe
+from scdm_jax.io import fileio
 from scdm_jax.modes import corrupt
 from scdm_jax.modes import edit
 from scdm_jax.modes import evaluate
@@ -108,10 +111,18 @@ def _initialize_distributed() -> None:
 
 
 class _QuietOrbax(std_logging.Filter):
-  """Drops orbax's per-save INFO chatter (dozens of lines per checkpoint); keeps warnings."""
+  """Drops orbax's per-save INFO chatter (dozens of lines per checkpoint) and its per-thread
+  tracebacks of a write failure that is reported in one line; keeps other warnings."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    if record.levelno < std_logging.WARNING:
+      return False
+    # A full disk or read-only folder: each of orbax's save threads logs its traceback;
+    # checkpointing reports the failure once, in one line (fileio.WriteError).
+    return not fileio.is_write_failure(record.exc_info[1] if record.exc_info else None,
+                                       record.getMessage())
 
 
 # Exit status of a training run stopped by SIGTERM after saving its checkpoint (EX_TEMPFAIL
@@ -120,7 +131,7 @@ EXIT_PREEMPTED = 75
 
 # What our own checks raise for bad input; each message names the file or value and the fix.
 _USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError,
-                FloatingPointError, ImportError)
+                FloatingPointError, ImportError, fileio.WriteError)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -14,6 +14,7 @@ import dataclasses
 from absl import logging
 import numpy as np
 
+from scdm_jax.data import colour_snap
 from scdm_jax.data import layouts
 from scdm_jax.data import noisy
 from scdm_jax.data import palettes
@@ -24,6 +25,11 @@ from scdm_jax.io import images as image_io
 UNKNOWN = -1
 
 
+def _no_snaps() -> colour_snap.SnappedColours:
+  return colour_snap.SnappedColours(np.zeros((0, 3), np.uint8), np.zeros(0, np.int64),
+                                    np.zeros(0, np.int32), np.zeros(0))
+
+
 @dataclasses.dataclass
 class LabelReport:
   """What `load_label_map` found in a file."""
@@ -32,64 +38,99 @@ class LabelReport:
   mode: str  # "ids" | "raw-ids" | "palette"
   shape: tuple[int, int]
   class_pixels: dict[int, int]  # class id (or -1 = unknown) -> pixel count
-  # Colours that were not exactly in the palette: (rgb, pixel count, snapped class, distance).
-  unknown_colors: list[tuple[tuple[int, int, int], int, int, float]] = dataclasses.field(
-      default_factory=list)
+  # Colours that were not exactly in the palette (iterates as (rgb, count, class, distance),
+  # most common first).
+  unknown_colors: colour_snap.SnappedColours = dataclasses.field(default_factory=_no_snaps)
+  source_shape: tuple[int, int] | None = None  # (H, W) as read, before any resize
 
   @property
   def snapped_pixels(self) -> int:
-    return sum(c for _, c, _, _ in self.unknown_colors)
+    return self.unknown_colors.pixels
+
+  def snap_report(self, table: palettes.ClassTable | None = None, max_items: int = 5) -> str:
+    """The colours snapped, most common first, each with its nearest class ("" if none)."""
+    snaps = self.unknown_colors
+    if not len(snaps):
+      return ""
+    h, w = self.source_shape or self.shape
+    total = h * w
+    under = f" palette {table.name!r}" if table is not None else " the palette"
+    lines = [f"{self.path}: {len(snaps)} colours not in{under} ({snaps.pixels} of {total} px) "
+             "were snapped to the nearest class; the most common:"]
+    for rgb, count, cls, dist in snaps.top(max_items):
+      if table is not None and 0 <= cls < table.num_classes:
+        target = f"{table.names[cls]!r} {_rgb(table.colors[cls])}"
+      else:
+        target = f"class {cls}"
+      lines.append(f"  {_rgb(rgb)} x {count} px -> nearest {target}, distance {dist:.3g}")
+    if len(snaps) > max_items:
+      lines.append(f"  ... and {len(snaps) - max_items} more colours; repaint them with the "
+                   "palette's exact colours (docs/data.md) to silence this")
+    return "\n".join(lines)
 
   def summary(self, names: tuple[str, ...] | None = None, max_items: int = 10) -> str:
     lines = [f"{self.path}: {self.mode} {self.shape[0]}x{self.shape[1]}, "
              f"{len(self.class_pixels)} classes present"]
-    if self.unknown_colors:
+    if len(self.unknown_colors):
       lines.append(f"  {len(self.unknown_colors)} colours not in the palette "
                    f"({self.snapped_pixels} px) snapped to the nearest entry:")
-      for rgb, count, cls, dist in self.unknown_colors[:max_items]:
+      for rgb, count, cls, dist in self.unknown_colors.top(max_items):
         nm = names[cls] if names and 0 <= cls < len(names) else str(cls)
         lines.append(f"    rgb{rgb}: {count} px -> class {cls} ({nm}), distance {dist:.1f}")
     return "\n".join(lines)
 
 
-_SNAP_CHUNK = 1 << 17  # unique colours per distance block: (chunk, K) float32
+def _rgb(c) -> str:
+  return "(" + ",".join(str(int(v)) for v in c) + ")"
 
 
 def snap_to_palette(rgb: np.ndarray, colors: np.ndarray
-                    ) -> tuple[np.ndarray, list[tuple[tuple[int, int, int], int, int, float]]]:
+                    ) -> tuple[np.ndarray, colour_snap.SnappedColours]:
   """Maps each pixel of an (H, W, 3) RGB array to the id of the nearest palette colour.
 
-  Ties (palettes with repeated colours, e.g. Cityscapes) go to the lowest id. Works on the
-  unique colours only, in bounded chunks, so it is cheap for real label maps and bounded in
-  memory for maps with millions of colours.
+  Ties (palettes with repeated colours, e.g. Cityscapes) go to the lowest id. Exact, and
+  seconds with bounded memory even for a 4096^2 map of random colours (see colour_snap).
 
   Returns:
-    (ids (H, W) int32, unknown colours sorted by pixel count: (rgb, count, id, distance)).
+    (ids (H, W) int32, the colours that were not exact entries: (rgb, count, id, distance)
+    when iterated, most common first).
   """
-  rgb = np.asarray(rgb)[..., :3].astype(np.int64)
-  flat = rgb.reshape(-1, 3)
-  codes = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
-  uniq, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
-  ucol = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], -1)
-  pal = np.asarray(colors, np.int64)
-  best = np.empty(len(uniq), np.int64)
-  d2_best = np.empty(len(uniq), np.int64)
-  # |u - p|^2 = |u|^2 - 2 u.p + |p|^2 as a matmul, in chunks of unique colours, so memory
-  # stays bounded (a random-colour 4096^2 map has ~16M unique colours). Every term is an
-  # integer below 2^24, so float32 is exact and ties still go to the lowest id.
-  pal_f = pal.astype(np.float32)
-  pal_sq = (pal_f ** 2).sum(-1)
-  for lo in range(0, len(uniq), _SNAP_CHUNK):
-    u = ucol[lo:lo + _SNAP_CHUNK].astype(np.float32)
-    d2 = (u ** 2).sum(-1, keepdims=True) - 2.0 * (u @ pal_f.T) + pal_sq  # (chunk, K)
-    b = d2.argmin(-1)  # argmin returns the first (lowest id) on ties
-    best[lo:lo + _SNAP_CHUNK] = b
-    d2_best[lo:lo + _SNAP_CHUNK] = np.rint(d2[np.arange(len(b)), b]).astype(np.int64)
-  dist = np.sqrt(d2_best.astype(np.float64))
-  unknown = [(tuple(int(v) for v in ucol[i]), int(counts[i]), int(best[i]), float(dist[i]))
-             for i in np.nonzero(dist > 0)[0]]
-  unknown.sort(key=lambda u: -u[1])
-  return best[inverse].reshape(rgb.shape[:2]).astype(np.int32), unknown
+  return colour_snap.snap(rgb, colors)
+
+
+# (palette name, colour) pairs whose tie was already reported in this process.
+_TIES_REPORTED: set[tuple[str, tuple[int, ...]]] = set()
+
+
+def _report_ties(path: str, table: palettes.ClassTable, ids: np.ndarray) -> None:
+  """Warns once per palette colour that several classes share, when a map uses it."""
+  for colour, members in palettes.colour_ties(table):
+    key = (table.name, colour)
+    if key in _TIES_REPORTED or not (ids == members[0]).any():
+      continue
+    _TIES_REPORTED.add(key)
+    named = ", ".join(f"{i} {table.names[i]!r}" for i in members)
+    others = ", ".join(str(i) for i in members[1:])
+    logging.warning(
+        "%s: palette %r gives classes %s the same colour %s; pixels of that colour become "
+        "class %d %r. To paint the other class%s (id %s), use a single-channel id PNG whose "
+        "pixel values are class ids.", path, table.name, named, _rgb(colour), members[0],
+        table.names[members[0]], "es" if len(members) > 2 else "", others)
+
+
+def _check_aspect(path: str, shape: tuple[int, int], size: int | tuple[int, int]) -> None:
+  """Warns when resizing to `size` would stretch the map (aspect ratios > 2% apart)."""
+  h_out, w_out = (size, size) if isinstance(size, int) else size
+  h, w = shape
+  ratio = (w / h) / (w_out / h_out)
+  if abs(ratio - 1.0) > _ASPECT_TOLERANCE:
+    logging.warning("%s: a %dx%d (HxW) map resized to the model's %dx%d: aspect ratios %.3g "
+                    "vs %.3g, so its shapes are stretched; crop or pad it to the model's "
+                    "aspect ratio first to avoid that.", path, h, w, h_out, w_out, w / h,
+                    w_out / h_out)
+
+
+_ASPECT_TOLERANCE = 0.02
 
 
 def _check_ids(ids: np.ndarray, num_classes: int, path: str, allow_unknown: bool) -> None:
@@ -101,7 +142,28 @@ def _check_ids(ids: np.ndarray, num_classes: int, path: str, allow_unknown: bool
         f"{path}: label ids outside the class table 0..{num_classes - 1}: {listing}. "
         "If this is a colour-coded map, pass palette=... (a dataset name or a JSON file); if "
         "a value marks don't-care pixels (e.g. 255), pass unknown_value=that value; if the "
-        "file uses a dataset's raw convention (ADE20K 0 = unlabeled), pass dataset=...")
+        "file uses a dataset's raw convention (ADE20K 0 = unlabeled), pass dataset=... "
+        "(on the command line: --config.sample.label_format=raw_ids)")
+
+
+LABEL_FORMATS = ("auto", "ids", "palette", "raw_ids")
+
+
+def format_options(label_format: str, palette: str, dataset: str
+                   ) -> tuple[str | None, str | None]:
+  """(palette, dataset) arguments of `load_label_map` for `config.sample.label_format`.
+
+  "ids": class ids; "raw_ids": ids in `dataset`'s raw convention (ADE20K 0 = unlabeled);
+  "palette" and "auto": colour maps through `palette` (single-channel maps stay class ids).
+  """
+  if label_format not in LABEL_FORMATS:
+    raise ValueError(f"config.sample.label_format={label_format!r} is unknown; use one of "
+                     f"{', '.join(LABEL_FORMATS)}")
+  if label_format == "ids":
+    return None, None
+  if label_format == "raw_ids":
+    return None, dataset
+  return palette, None
 
 
 def load_label_map(path: str, *, num_classes: int, palette: str | palettes.ClassTable | None = None,
@@ -149,7 +211,7 @@ def load_label_map(path: str, *, num_classes: int, palette: str | palettes.Class
                                     and (arr[..., 0] == arr[..., 2]).all())
   if p_indices is not None and not is_color:
     arr = p_indices  # a grey palette: the indices are the ids
-  unknown_colors = []
+  unknown_colors = _no_snaps()
   if is_color:
     if table is None:
       raise ValueError(
@@ -163,6 +225,7 @@ def load_label_map(path: str, *, num_classes: int, palette: str | palettes.Class
                        f"the model has num_classes={num_classes}")
     ids, unknown_colors = snap_to_palette(arr, table.colors)
     report_mode = "palette"
+    _report_ties(path, table, ids)
     if p_indices is not None:
       differ = int((p_indices != ids).sum())
       if differ:
@@ -183,11 +246,16 @@ def load_label_map(path: str, *, num_classes: int, palette: str | palettes.Class
     ids = np.where(unk, UNKNOWN, ids)
     _check_ids(ids, num_classes, path, allow_unknown=True)
     ids = ids.astype(np.int32)
+  read_shape = tuple(ids.shape)
   if size is not None:
+    _check_aspect(path, read_shape, size)
     ids = noisy.resize_nearest(ids, size)
   vals, counts = np.unique(ids, return_counts=True)
   report = LabelReport(path, report_mode, tuple(ids.shape),
-                       {int(v): int(c) for v, c in zip(vals, counts)}, unknown_colors)
+                       {int(v): int(c) for v, c in zip(vals, counts)}, unknown_colors,
+                       read_shape)
+  if len(unknown_colors):  # once per file, a few lines: what was snapped to what
+    logging.warning("%s", report.snap_report(table))
   return ids, report
 
 

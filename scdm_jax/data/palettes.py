@@ -13,7 +13,8 @@ Sources of the built-in colours:
   `labelcolormap` uses), so that "unlabeled" (class 182) is black.
 - Cityscapes: the official `cityscapesscripts` label table (ids 0..33, and 34 = license
   plate, whose official id is -1). Several classes share a colour there (ids 0-4 are black,
-  pole/polegroup, car/license plate); snapping an RGB map picks the lowest id of a colour.
+  pole/polegroup, car/license plate); snapping an RGB map picks the lowest id of a colour
+  (`colour_ties` lists them; the label loader says so when a map uses such a colour).
 - CelebAMask-HQ: the 19 part names and colours of the CelebAMask-HQ preprocessing script.
 """
 
@@ -228,6 +229,18 @@ def get_class_table(name: str) -> ClassTable:
     return load_class_table_json(name)
   raise ValueError(f"unknown dataset/palette {name!r}: use one of {', '.join(BUILTIN_NAMES)} "
                    "or the path of a palette JSON file")
+
+
+def colour_ties(table: ClassTable) -> list[tuple[tuple[int, int, int], tuple[int, ...]]]:
+  """Colours that several classes share, as (rgb, class ids ascending).
+
+  An RGB map cannot tell such classes apart: a pixel of the colour becomes the lowest id
+  (ADE20K: road and skyscraper are both (140, 140, 140); Cityscapes: ids 0-4 are black).
+  """
+  groups: dict[tuple[int, int, int], list[int]] = {}
+  for i, c in enumerate(np.asarray(table.colors)):
+    groups.setdefault(tuple(int(v) for v in c), []).append(i)
+  return [(c, tuple(ids)) for c, ids in groups.items() if len(ids) > 1]
 
 
 def _parse_class_table(obj, path: str):

@@ -13,7 +13,6 @@ import dataclasses
 import os
 from collections.abc import Iterator
 
-from absl import logging
 import ml_collections
 import numpy as np
 
@@ -81,19 +80,17 @@ def _from_files(config, source: str, batch_size: int, max_maps: int | None
                 ) -> Iterator[LabelBatch]:
   k, size = int(config.data.num_classes), int(config.data.image_size)
   fmt = config.sample.label_format
-  palette = config.data.class_table or config.data.name
+  palette, dataset = label_io.format_options(fmt, config.data.class_table or config.data.name,
+                                             config.data.name)
   files = fileio.list_images(source, "config.sample.source")[:max_maps]
   for i in range(0, len(files), batch_size):
     ids_list, names = [], []
     for path in files[i:i + batch_size]:
-      ids, report = label_io.load_label_map(
-          path, num_classes=k, palette=None if fmt == "ids" else palette, size=size)
+      ids, report = label_io.load_label_map(path, num_classes=k, palette=palette,
+                                            dataset=dataset, size=size)
       if fmt == "palette" and report.mode != "palette":
         raise ValueError(f"{path}: config.sample.label_format='palette' but the file is a "
                          "single-channel id map; use label_format=ids or auto.")
-      if report.unknown_colors:
-        logging.warning("%s: %d pixels had colours outside the palette (snapped).", path,
-                        report.snapped_pixels)
       ids_list.append(ids.astype(np.int32))
       names.append(os.path.splitext(os.path.basename(path))[0])
     label = np.stack(ids_list)

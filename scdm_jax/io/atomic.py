@@ -4,7 +4,9 @@ Every file this project writes outside orbax (PNGs, npz weights and statistics, 
 psi files) goes through `atomic_path`: write to a temporary file in the destination folder,
 flush it to disk, then `os.replace` it into place (atomic on POSIX within one filesystem).
 A URL destination (`gs://...`) is written to a local temporary file and then uploaded in one
-call: object stores publish an object only when its upload is complete.
+call: object stores publish an object only when its upload is complete. A write that fails
+for a reason the user can fix (a full disk, a read-only folder) raises `fileio.WriteError`,
+one line naming the destination; the temporary file is removed and the old file kept.
 """
 
 from __future__ import annotations
@@ -35,19 +37,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
       fileio.upload(tmp, path)
     return
   folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
   base, ext = os.path.splitext(os.path.basename(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
-  os.close(fd)
+  try:
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
+    os.close(fd)
+  except OSError as e:
+    raise fileio.write_error(e, path) from None
   try:
     yield tmp
     with open(tmp, "rb+") as f:  # make the bytes durable before the rename publishes them
       os.fsync(f.fileno())
     os.replace(tmp, path)
+  except OSError as e:  # a full disk or a folder made read-only meanwhile: one line
+    _discard(tmp)
+    raise fileio.write_error(e, path) from None
   except BaseException:
+    _discard(tmp)
+    raise
+
+
+def _discard(tmp: str) -> None:
+  try:
     if os.path.exists(tmp):
       os.unlink(tmp)
-    raise
+  except OSError:
+    pass  # the original error matters more than a leftover temporary file
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

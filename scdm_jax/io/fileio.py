@@ -7,7 +7,9 @@ installed, fsspec otherwise), so the model, sampler and exporter need no TensorF
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -142,3 +144,79 @@ def match_by_name(inputs: list[str], path: str, what: str, of: str) -> list[str]
                               f"name each file after its {of}")
     out.append(found[0])
   return out
+
+
+class WriteError(OSError):
+  """A file or folder could not be written (a full disk, a read-only or foreign folder).
+
+  Its message is one line: the path, the reason and what to do (main.py prints it as is).
+  """
+
+  def __str__(self) -> str:
+    return str(self.strerror)
+
+
+# errno -> (reason, what to do) for the failures a user can fix.
+_WRITE_FAILURES = {
+    errno.ENOSPC: ("the disk is full", "free some space there (or write elsewhere) and run "
+                   "again"),
+    errno.EDQUOT: ("the disk quota is used up", "free some space there (or write elsewhere) "
+                   "and run again"),
+    errno.EFBIG: ("the file is too large for that file system", "write elsewhere"),
+    errno.EROFS: ("the file system is read-only", "choose a writable folder"),
+    errno.EACCES: ("permission denied", "make the folder writable for this user or choose "
+                   "another one"),
+    errno.EPERM: ("operation not permitted", "make the folder writable for this user or "
+                  "choose another one"),
+    errno.EEXIST: ("a file of that name is in the way", "remove it or choose another path"),
+    errno.ENOTDIR: ("a file of that name is in the way", "remove it or choose another path"),
+}
+
+
+def is_write_failure(err: BaseException | None, message: str = "") -> bool:
+  """Whether `err` (or, without one, a logged `message`) is a failure `write_error` turns
+  into one line: a full disk, a read-only folder and the like."""
+  if isinstance(err, OSError):
+    return err.errno in _WRITE_FAILURES
+  return any(f"[Errno {n}] {os.strerror(n)}" in message for n in _WRITE_FAILURES)
+
+
+def write_error(err: OSError, path: str | os.PathLike, what: str = "") -> OSError:
+  """`err` as a one-line `WriteError` about `path` (`what`: e.g. "--workdir"), or `err`
+  itself when it is not a failure a user can fix (those keep their traceback)."""
+  if isinstance(err, WriteError) or err.errno not in _WRITE_FAILURES:
+    return err
+  reason, todo = _WRITE_FAILURES[err.errno]
+  where = f"{what}={os.fspath(path)!r}" if what else os.fspath(path)
+  detail = f" (at {err.filename})" if err.filename and os.fspath(err.filename) != \
+      os.fspath(path) else ""
+  return WriteError(err.errno, f"cannot write {where}: {reason}{detail}; {todo}.")
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> None:
+  """Writes (then removes) a probe file in `folder`, or in its nearest existing parent when
+  it does not exist yet (nothing is created), so a read-only or full output folder fails
+  before any work, in one line.
+
+  URLs are not probed (object stores have no folders; their errors come at the write).
+
+  Raises:
+    WriteError: naming `what` (the flag or config key) and the folder.
+  """
+  folder = os.fspath(folder)
+  if is_url(folder):
+    return
+  probe_dir = os.path.abspath(folder)
+  while not os.path.exists(probe_dir) and os.path.dirname(probe_dir) != probe_dir:
+    probe_dir = os.path.dirname(probe_dir)
+  try:
+    if not os.path.isdir(probe_dir):
+      raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), probe_dir)
+    fd, probe = tempfile.mkstemp(prefix=".write_check.", dir=probe_dir)
+    try:
+      os.write(fd, b"scdm_jax")  # a full disk may still accept an empty file
+    finally:
+      os.close(fd)
+      os.unlink(probe)
+  except OSError as e:
+    raise write_error(e, folder, what) from None

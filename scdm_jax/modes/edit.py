@@ -43,6 +43,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
   ec, sc = config.edit, config.sample
   recipe.check_counts(config, "edit", {"num_samples": 1})  # before anything is read
   recipe.check_counts(config, "sample", {"batch_size": 1})
+  out_dir = ec.output_dir or os.path.join(workdir or ".", "edits")
+  if jax.process_index() == 0:
+    fileio.check_writable(out_dir, "config.edit.output_dir")
   if not ec.guide:
     raise ValueError("--mode edit needs --config.edit.guide=<PNG or folder> (the strokes "
                      "for SDEdit, or the source image for masked editing)")
@@ -82,9 +85,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
   size = int(config.data.image_size)
   t0, alpha_bar, repeats = float(ec.t0), float(ec.alpha_bar) or None, int(ec.repeats)
   k0 = editor.start_index(t0, alpha_bar)
-  palette = config.data.class_table or config.data.name
-  fmt = sc.label_format
-  out_dir = ec.output_dir or os.path.join(workdir or ".", "edits")
+  palette, dataset = label_io.format_options(
+      sc.label_format, config.data.class_table or config.data.name, config.data.name)
   n_per = int(ec.num_samples)
   batch = max(1, int(sc.batch_size) // n_per)
   base_key = jax.random.key(int(sc.seed))
@@ -101,8 +103,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
       img = image_io.load_image(guides[i])
       sizes = [(f"guide {guides[i]}", img.shape[:2])]
       if labels[i]:
-        ids, _ = label_io.load_label_map(labels[i], num_classes=k,
-                                         palette=None if fmt == "ids" else palette)
+        ids, _ = label_io.load_label_map(labels[i], num_classes=k, palette=palette,
+                                         dataset=dataset)
         sizes.append((f"label map {labels[i]}", ids.shape))
         ids_list.append(ids)
       if masked:

@@ -44,6 +44,7 @@ from scdm_jax.evaluation import miou
 from scdm_jax.evaluation import proxy  # also registers the proxy segmenters with miou
 from scdm_jax.evaluation import report
 from scdm_jax.evaluation import sample_sets
+from scdm_jax.io import fileio
 
 IGNORE_INDEX = 255
 
@@ -239,6 +240,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
   chosen = selected_metrics(es)
   k = int(config.data.num_classes)
 
+  out_path = es.output or os.path.join(workdir or ".", "eval", "report.json")
+  if jax.process_index() == 0:  # before the networks load and the images are read
+    fileio.check_writable(os.path.dirname(os.path.abspath(out_path)), "config.eval.output")
   # Weights first: a wrong file must fail before minutes of image reading.
   used = list(dict.fromkeys(METRICS[m].network for m in chosen))
   nets = {name: NETWORKS[name].load(es, k) for name in used}
@@ -278,7 +282,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
     resize += " -> 299 bilinear (no antialias) for Inception"
   if "proxy" in nets and nets["proxy"].image_size != size:
     resize += f"; -> {nets['proxy'].image_size} bilinear (antialias) for the proxy"
-  out_path = es.output or os.path.join(workdir or ".", "eval", "report.json")
   # Every process computes the same numbers (single-host evaluation); one writes them.
   write = report.write_report if jax.process_index() == 0 else _report_dict
   rep = write(

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from absl import logging
+import jax
 import ml_collections
 
 from scdm_jax import checkpointing
@@ -27,12 +28,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, export_dir: str | None 
   ckdir = os.path.join(workdir, "checkpoints")
   if not fileio.isdir(ckdir):
     raise FileNotFoundError(f"--mode export: {ckdir} does not exist; train first.")
+  target = export_dir or os.path.join(workdir, "export")
+  if jax.process_index() == 0:  # the export is written next to its target, then moved in
+    fileio.check_writable(os.path.dirname(fileio.absolute(target)) or ".",
+                          "--export_dir" if export_dir else "--workdir")
   params, meta, step = loading.load_train_params(config, ckdir, use_ema=use_ema, step=step)
   meta: dict[str, Any] = dict(meta)
   meta["source"] = f"scdm_jax training checkpoint {ckdir} step {step}"
   meta["step"] = int(step)
   meta["weights"] = "ema" if use_ema else "params"
-  target = export_dir or os.path.join(workdir, "export")
   # Every process calls this: orbax coordinates a multi-process write.
   checkpointing.save_export(target, params, meta)
   logging.info("Exported step %d (%s) to %s.", step, meta["weights"], target)

@@ -77,6 +77,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
                      "scdm_jax.tools.convert_pbe`>")
   if not pc.source:
     raise ValueError("--mode paint needs --config.paint.source=<image or folder>")
+  out_dir = pc.output_dir or os.path.join(workdir or ".", "paint")
+  if jax.process_index() == 0:
+    fileio.check_writable(out_dir, "config.paint.output_dir")
   if pc.dtype not in _DTYPES:
     raise ValueError(f"config.paint.dtype={pc.dtype!r}: use one of {sorted(_DTYPES)}")
   num_samples, batch_size = int(pc.num_samples), int(pc.batch_size)
@@ -107,7 +110,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
     raise ValueError(f"config.paint.source: the images have different sizes {sorted(sizes)}; "
                      "one run paints images of one size")
 
-  out_dir = pc.output_dir or os.path.join(workdir or ".", "paint")
   is_main = jax.process_index() == 0
   calls = pipe.scheduler(pc.sampler, int(pc.num_steps), eta=float(pc.eta)).num_calls
   batches = [(j, i) for j in range(num_samples) for i in range(0, len(triples), batch_size)]

@@ -32,6 +32,7 @@ from scdm_jax.inference import label_batches
 from scdm_jax.inference import loading
 from scdm_jax.inference import runner
 from scdm_jax.inference import sampler
+from scdm_jax.io import fileio
 from scdm_jax.io import images as image_io
 from scdm_jax.io import progress
 
@@ -41,6 +42,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
   sc = config.sample
   # Before any weight is read or program compiled.
   recipe.check_counts(config, "sample", {"num_samples_per_map": 1, "batch_size": 1})
+  out_dir = sc.output_dir or os.path.join(workdir or ".", "samples")
+  if jax.process_index() == 0:
+    fileio.check_writable(out_dir, "config.sample.output_dir")
   mesh = sharding.make_mesh(config.mesh)
   params_pure, meta, where = loading.load_weights(config, workdir)
   logging.info("Sampling from %s.", where)
@@ -54,7 +58,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any
   n_per = int(sc.num_samples_per_map)
   batch = runner.round_up(max(int(sc.batch_size), 1), sharding.num_batch_shards(mesh))
   maps_per_batch = max(1, batch // n_per)
-  out_dir = sc.output_dir or os.path.join(workdir or ".", "samples")
   colors = recipe.label_colors(config)
 
   fn, diffusion = sampler.make_sample_fn(config, graphs, mesh, param_sh, label_schedule)

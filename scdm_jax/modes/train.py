@@ -82,6 +82,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if task not in loops:
     raise ValueError(f"config.task={task!r} is unknown; use scdm or paint_by_example.")
   workdir = fileio.absolute(workdir)
+  if jax.process_index() == 0:  # a read-only or full workdir: one line, before any work
+    fileio.check_writable(workdir, "--workdir")
+    fileio.check_writable(os.path.join(workdir, "checkpoints"), "--workdir")
   fileio.makedirs(workdir)
   lock = workdir_lock.WorkdirLock(workdir)
   if jax.process_index() == 0:
