@@ -139,6 +139,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.keep_every = 50_000  # also keep every K-th step (0 = off)
   config.train.async_checkpoint = True
   config.train.seed = 0
+  # Multi-process runs without JAX's preemption service: steps between the processes'
+  # agreement on a SIGTERM (the save comes at most this many steps after the signal).
+  config.train.preemption_check_every = 10
 
   # ------------------------------------------------------------------------- sample
   config.sample = ml_collections.ConfigDict()

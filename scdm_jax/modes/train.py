@@ -192,7 +192,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     tree["data_pos"] = np.int64(data_pos)
     ckpt.save(step_, tree, dict(meta, step=step_, data_pos=data_pos), wait=wait)
 
-  preempt = preemption.Preemption().install()
+  preempt = preemption.Preemption(int(tc.preemption_check_every)).install()
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                            every_steps=int(tc.log_every) or None)
   bar = progress.ProgressBar(total, "train", initial=start_step, unit="steps",
