@@ -142,6 +142,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Multi-process runs without JAX's preemption service: steps between the processes'
   # agreement on a SIGTERM (the save comes at most this many steps after the signal).
   config.train.preemption_check_every = 10
+  # gs:// workdirs: a train.lock whose heartbeat is older than this belongs to a run that is
+  # gone and is broken (local locks are checked by pid instead).
+  config.train.lock_stale_minutes = 15.0
 
   # ------------------------------------------------------------------------- sample
   config.sample = ml_collections.ConfigDict()

@@ -83,7 +83,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise ValueError(f"config.task={task!r} is unknown; use scdm or paint_by_example.")
   workdir = fileio.absolute(workdir)
   fileio.makedirs(workdir)
-  lock = workdir_lock.WorkdirLock(workdir)
+  workdir_lock.check_shared_workdir(workdir)
+  lock = workdir_lock.WorkdirLock(workdir, float(config.train.lock_stale_minutes))
   if jax.process_index() == 0:
     lock.acquire()
   try:
