@@ -258,6 +258,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh.fsdp_min_size = 2**18  # arrays with fewer elements are replicated
 
   config.init_from = ""  # inference checkpoint (EMA weights) to initialise params + EMA
+  # Start-up checks (scdm_jax/accelerator.py): stop with one line when JAX finds only the CPU,
+  # e.g. a GPU build that failed to load (off: the CPU is allowed).
+  config.require_accelerator = False
+  # model/paint dtype bfloat16 -> float32 (one warning) on the CPU and on GPUs with compute
+  # capability < 8.0, where bfloat16 is emulated or slow.
+  config.bf16_fallback = True
   return config
 
 
