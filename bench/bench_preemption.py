@@ -10,6 +10,11 @@ matmuls, dispatched asynchronously like a train step) and, after every step, one
   service   multihost_utils.reached_preemption_sync_point (JAX's preemption service)
 Process 0 prints one JSON line: ms/step for each (the best of --repeats rounds, the order
 rotated), and the overhead over `none`.
+
+Measured here (2 shared CPU cores, jax 0.10.2, defaults, 1-min load 3.2 at the end): none
+13.84 ms/step, allgather 18.31 (+4.48: the old per-step check), every_n 14.31 (+0.47),
+service 15.11 (+1.28; +-0.04 in a run at load 13: within the noise). A lone all-gather
+costs 1.4 ms; every step it also drains the one step kept in flight.
 """
 
 from __future__ import annotations

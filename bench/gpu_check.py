@@ -166,8 +166,8 @@ def section_sample(ctx) -> dict:
   shards = sharding.num_batch_shards(mesh)
   sb = -(-ctx.args.sample_batch // shards) * shards
   fn, _ = sampler.make_sample_fn(config, graphs, mesh, shardings.params, schedule)
-  cond = sharding.device_put_tree({k: v[:sb] for k, v in host.items() if k != "image"},
-                                  sharding.batch_sharding(mesh))
+  cond = {k: np.resize(v, (sb,) + v.shape[1:]) for k, v in host.items() if k != "image"}
+  cond = sharding.device_put_tree(cond, {k: sharding.batch_sharding(mesh) for k in cond})
   key = jax.random.key(0)
   t0 = time.perf_counter()
   jax.block_until_ready(fn(st.ema, cond, key))
@@ -232,7 +232,11 @@ def main(argv=None) -> int:
   p.add_argument("--train_steps", type=int, default=10)
   p.add_argument("--sample_batch", type=int, default=8)
   p.add_argument("--sample_batches", type=int, default=2)
+  p.add_argument("--fast_compile", action="store_true",
+                 help="jax_disable_most_optimizations (tests: compile time over speed)")
   args = p.parse_args(argv)
+  if args.fast_compile:
+    jax.config.update("jax_disable_most_optimizations", True)
   ctx, result, t_start = _Context(args), {"tiny": args.tiny}, time.perf_counter()
   for name, fn in SECTIONS:
     t0 = time.perf_counter()
