@@ -39,9 +39,13 @@ def _start(tmp_path, name, workdirs, *flags, num_processes=2):
   for pid in range(num_processes):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // num_processes}",
-               # A cache of its own: with the suite's shared persistent cache, process 1 was
-               # seen to hang in the first step after other tests had filled the cache.
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"))
+    if num_processes > 1:
+      # Only process 0 writes the persistent cache, so a later launch had process 0 load
+      # its programs while process 1 compiled for minutes; gloo gives a collective 30 s for
+      # all processes to arrive ("Gloo context initialization failed: DEADLINE_EXCEEDED").
+      # Without the cache both compile, at about the same pace.
+      env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     dist = ([f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
              f"--process_id={pid}", "--jax_cpu_collectives_implementation=gloo"]
             if num_processes > 1 else [])
