@@ -27,7 +27,7 @@ def test_gpu_check_tiny_runs_without_tensorflow(tmp_path):
   proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--tiny",
                          f"--out={out}", "--batch=4", "--train_steps=2", "--sample_batch=2",
                          "--sample_batches=1", "--fast_compile"],
-                        env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+                        env=env, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
   result = json.loads(out.read_text())
   errors = {k: v["error"] for k, v in result.items() if isinstance(v, dict) and "error" in v}
   assert proc.returncode == 0 and not errors, (errors, proc.stdout[-3000:],
