@@ -147,6 +147,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.keep_every = 50_000  # also keep every K-th step (0 = off)
   config.train.async_checkpoint = True
   config.train.seed = 0
+  # Multi-process runs without JAX's preemption service: steps between the processes'
+  # agreement on a SIGTERM (the save comes at most this many steps after the signal).
+  config.train.preemption_check_every = 10
+  # gs:// workdirs: a train.lock whose heartbeat is older than this belongs to a run that is
+  # gone and is broken (local locks are checked by pid instead).
+  config.train.lock_stale_minutes = 15.0
 
   # ------------------------------------------------------------------------- sample
   config.sample = ml_collections.ConfigDict()
@@ -262,6 +268,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh.fsdp_min_size = 2**18  # arrays with fewer elements are replicated
 
   config.init_from = ""  # inference checkpoint (EMA weights) to initialise params + EMA
+  # Start-up checks (scdm_jax/accelerator.py): stop with one line when JAX finds only the CPU,
+  # e.g. a GPU build that failed to load (off: the CPU is allowed).
+  config.require_accelerator = False
+  # model/paint dtype bfloat16 -> float32 (one warning) on the CPU and on GPUs with compute
+  # capability < 8.0, where bfloat16 is emulated or slow.
+  config.bf16_fallback = True
   return config
 
 

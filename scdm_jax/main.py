@@ -44,6 +44,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from scdm_jax import accelerator
 from scdm_jax import recipe
 from scdm_jax.io import fileio
 from scdm_jax.modes import corrupt
@@ -178,6 +179,7 @@ def _dispatch(argv):
     logging.set_verbosity(logging.WARNING)
 
   recipe.warn_deprecated(FLAGS.config)
+  accelerator.check(FLAGS.config)
   extra = {"export_dir": FLAGS.export_dir} if FLAGS.mode == "export" else {}
   result = MODES[FLAGS.mode].run(FLAGS.config, FLAGS.workdir, **extra)
   if isinstance(result, dict) and result.get("preempted"):

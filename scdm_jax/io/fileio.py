@@ -75,6 +75,18 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return f.read()
 
 
+def remove(path: str | os.PathLike) -> None:
+  """Deletes a file; a missing one is not an error (another process may have removed it)."""
+  path = os.fspath(path)
+  if is_url(path):
+    _epath(path).unlink(missing_ok=True)
+  else:
+    try:
+      os.remove(path)
+    except FileNotFoundError:
+      pass
+
+
 def upload(local_file: str, url: str) -> None:
   """Copies a finished local file to `url` in one write. An object store publishes an
   object only when its upload completes, so readers never see a partial file."""

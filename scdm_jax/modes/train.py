@@ -86,7 +86,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     fileio.check_writable(workdir, "--workdir")
     fileio.check_writable(os.path.join(workdir, "checkpoints"), "--workdir")
   fileio.makedirs(workdir)
-  lock = workdir_lock.WorkdirLock(workdir)
+  workdir_lock.check_shared_workdir(workdir)
+  lock = workdir_lock.WorkdirLock(workdir, float(config.train.lock_stale_minutes))
   if jax.process_index() == 0:
     lock.acquire()
   try:
@@ -195,7 +196,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     tree["data_pos"] = np.int64(data_pos)
     ckpt.save(step_, tree, dict(meta, step=step_, data_pos=data_pos), wait=wait)
 
-  preempt = preemption.Preemption().install()
+  preempt = preemption.Preemption(int(tc.preemption_check_every)).install()
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                            every_steps=int(tc.log_every) or None)
   bar = progress.ProgressBar(total, "train", initial=start_step, unit="steps",

@@ -188,7 +188,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     tree["data_pos"] = np.int64(data_pos)
     ckpt.save(step_, tree, dict(meta, step=step_, data_pos=data_pos), wait=wait)
 
-  preempt = preemption.Preemption().install()
+  preempt = preemption.Preemption(int(tc.preemption_check_every)).install()
   bar = progress.ProgressBar(total, "train", initial=start_step, unit="steps", enabled=is_main)
   step, pending, window = start_step, None, []
   t_window, n_window = time.time(), 0
