@@ -440,7 +440,7 @@ def run(size: str, out: str, *, proxy_weights: str = "", seeds: int | None = Non
   return {"results": results, "meta": meta, "markdown": md}
 
 
-def estimate(size: str, out: str, *, probe_steps: tuple[int, int] = (2, 12)) -> dict:
+def estimate(size: str, out: str, *, probe_steps: tuple[int, int] = (2, 8)) -> dict:
   """Times the training step and one sampler batch of `size` and extrapolates the run."""
   from scdm_jax import recipe  # pylint: disable=g-import-not-at-top
   from scdm_jax.modes import train as train_mode  # pylint: disable=g-import-not-at-top
