@@ -35,7 +35,7 @@ dimension (else null, with the reason). Writes
   <out>/seed<k>/<arm>/<cell>/sample_0/*.png
   <out>/proxy/                       the proxy weights (trained first unless --proxy_weights)
 
-  python experiments/robustness.py --size cpu --out /tmp/robust     # ~60 min, idle 2-core CPU
+  python experiments/robustness.py --size cpu --out /tmp/robust     # ~60 min (estimate), idle 2-core CPU
   python experiments/robustness.py --size gpu --out /data/robust    # <= 8 min, one H100
   python experiments/robustness.py --size micro --out /tmp/robust_micro  # smoke test
   python experiments/robustness.py --size cpu --estimate            # timing run + estimate
@@ -76,10 +76,13 @@ SIZES: dict[str, dict[str, Any]] = {
     "micro": dict(base="tiny", image_size=16, train_steps=4, batch_size=8, num_steps=100,
                   respacing="4", n_maps=8, grid_maps=3, sample_batch=8, seeds=2,
                   proxy=dict(steps=30, width=8, num_train=128, batch_size=16)),
-    # ~60 min on an idle 2-core CPU (estimate in docs/reproduction.md, from --estimate).
-    "cpu": dict(base="demo", image_size=32, train_steps=240, batch_size=8,
+    # About 60 min on an idle 2-core CPU (estimate in docs/reproduction.md): sampling 3 seeds
+    # x 128 maps x (2 x 6 + 3 x 4) cells dominates, so 16 px and the ablation arms on the
+    # paper-encoding cells only (at 32 px the sampling alone is ~3 h).
+    "cpu": dict(base="demo", image_size=16, train_steps=300, batch_size=8,
                 num_steps=1000, respacing="ddim25", n_maps=128, grid_maps=4,
                 sample_batch=128, seeds=3,
+                ablation_cells=("clean", "ds", "edge-class", "random-class"),
                 proxy=dict(steps=400, width=16, num_train=1024, batch_size=32)),
     # <= 8 min on one H100-class GPU (estimated, not run): 32 px, demo UNet, longer training.
     "gpu": dict(base="demo", image_size=32, train_steps=1500, batch_size=64,
@@ -295,6 +298,9 @@ def write_table(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
   for a in arms:
     row = []
     for c in names:
+      if not results[a][c]:  # an ablation arm not run on this cell
+        row.append("-")
+        continue
       m = np.array([r["proxy_miou"] for r in results[a][c]])
       fds = [r["proxy_fd"] for r in results[a][c]]
       fd = "n/a" if any(f is None for f in fds) else f"{np.mean(fds):.3f}"
@@ -309,7 +315,10 @@ def write_table(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
       continue
     row = []
     for c in names:
-      d = meta["paired"][a][c]
+      d = meta["paired"][a].get(c)
+      if d is None:
+        row.append("-")
+        continue
       sd = "" if d["std"] is None else f" +- {100 * d['std']:.1f}"
       row.append(f"{_fmt(d['mean'], signed=True)}{sd} "
                  f"[{_fmt(d['seed_t_p'], 1, 3)}; {_fmt(d['map_t_p'], 1, 3)}; "
@@ -402,7 +411,9 @@ def run(size: str, out: str, *, proxy_weights: str = "", seeds: int | None = Non
         t = time.time()
         print(f"[robustness] seed {seed}: sampling {a} on {[c[0] for c in cell_list]}",
               flush=True)
-        got = sample_arm(config, workdir, os.path.join(out, f"seed{seed}", a), cell_list,
+        arm_cells = [c for c in cell_list if a in ("sdm", "scdm")
+                     or c[0] in s.get("ablation_cells", [c[0]])]
+        got = sample_arm(config, workdir, os.path.join(out, f"seed{seed}", a), arm_cells,
                          schedule=schedule, label_mode=mode,
                          psi=psi if schedule == "classwise" else None)
         phases[f"sample_s{seed}_{a}"] = time.time() - t
@@ -420,7 +431,7 @@ def run(size: str, out: str, *, proxy_weights: str = "", seeds: int | None = Non
                                 [r["proxy_miou"] for r in results[a][c]],
                                 [r["per_map_miou"] for r in results["sdm"][c]],
                                 [r["per_map_miou"] for r in results[a][c]])
-                for c in names} for a in arms if a != "sdm"}
+                for c in names if results[a][c]} for a in arms if a != "sdm"}
   cfg0 = build_config(size, "sdm")
   meta = {"size": size, "arms": list(arms), "arm_settings": {a: ARMS[a] for a in arms},
           "cells": cell_list, "seeds": seeds, "seed_list": seed_list,
@@ -469,9 +480,12 @@ def estimate(size: str, out: str, *, probe_steps: tuple[int, int] = (2, 8)) -> d
   sample_arm(config, workdir, os.path.join(out, "s2"), one * 2, schedule="classwise",
              label_mode="fresh", psi=psi)
   batch_s = (time.time() - t) - first
-  n_cells, batches = len(cells()), math.ceil(s["n_maps"] / s["sample_batch"])
+  batches = math.ceil(s["n_maps"] / s["sample_batch"])
+  n_all = len(cells())
+  n_abl = len(s.get("ablation_cells", [c[0] for c in cells()]))
+  arm_cells = [n_all if a in ("sdm", "scdm") else n_abl for a in ARMS]
   train_total = s["seeds"] * len(MODELS) * (fixed_s + s["train_steps"] * step_s)
-  sample_total = s["seeds"] * len(ARMS) * (first + (n_cells * batches - 1) * batch_s)
+  sample_total = s["seeds"] * sum(first + (n * batches - 1) * batch_s for n in arm_cells)
   return {"size": size, "walls_s": walls, "train_step_s": step_s, "train_fixed_s": fixed_s,
           "sample_first_batch_s": first, "sample_batch_s": batch_s,
           "estimated_train_s": train_total, "estimated_sample_s": sample_total,
