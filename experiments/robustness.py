@@ -20,7 +20,9 @@ reference's --unlabeled_to_zero: every unlabeled pixel becomes the absorbing all
 which only label diffusion trains on). Corruptions have the paper's strength: the same layout
 rendered at 256 px is corrupted with the paper's settings (DS to 64, Edge radius 2, Random
 p = 0.1) and the changed pixels are carried down (``data.noise_render_size=256``;
-experiments/corruption_shares.py measures the shares).
+experiments/corruption_shares.py measures the shares). A size may restrict the three ablation arms to
+some cells (``ablation_cells``: the cpu size runs them on clean, DS and the paper-encoding
+Edge and Random only, to fit its time).
 
 Scores, with the PROXY segmenter / features (`scdm_jax.evaluation.proxy`) against the clean
 labels (unlabeled pixels ignored) and the real validation images: proxy mIoU per seed, per-map
@@ -85,7 +87,7 @@ SIZES: dict[str, dict[str, Any]] = {
                 ablation_cells=("clean", "ds", "edge-class", "random-class"),
                 proxy=dict(steps=400, width=16, num_train=1024, batch_size=32)),
     # <= 8 min on one H100-class GPU (estimated, not run): 32 px, demo UNet, longer training.
-    "gpu": dict(base="demo", image_size=32, train_steps=1500, batch_size=64,
+    "gpu": dict(base="demo", image_size=32, train_steps=1000, batch_size=64,
                 num_steps=1000, respacing="ddim25", n_maps=256, grid_maps=6,
                 sample_batch=256, seeds=3,
                 proxy=dict(steps=1500, width=16, num_train=4096, batch_size=64)),
