@@ -467,6 +467,10 @@ def estimate(size: str, out: str, *, probe_steps: tuple[int, int] = (2, 8)) -> d
     train_mode.run(config, os.path.join(out, f"probe_{k}"))
     walls.append(time.time() - t)
   step_s = (walls[1] - walls[0]) / (probe_steps[1] - probe_steps[0])
+  if step_s <= 0:  # the longer run was faster: the load changed under the probe
+    raise ValueError(f"timing probe unusable: {probe_steps[0]} steps took {walls[0]:.0f} s "
+                     f"and {probe_steps[1]} steps {walls[1]:.0f} s (machine load changed); "
+                     "rerun --estimate on a quieter machine")
   fixed_s = walls[0] - probe_steps[0] * step_s
   config = build_config(size, "scdm")
   config.train.total_steps = probe_steps[1]
