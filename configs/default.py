@@ -67,10 +67,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # source=tfds with a gs:// data_dir: each host copies the split's files here once (array_record
   # cannot open URLs); "" = ~/.cache/scdm_jax/tfds.
   config.data.tfds_cache_dir = ""
+  # procedural: share of clean-map pixels left unlabeled (seams on boundaries + small blobs,
+  # like ADE20K's unannotated pixels; 0 = all labelled, the maps of before this knob)
+  config.data.procedural_unlabeled_share = 0.0
   # Label-noise parameters (data.noise; docs/data.md, scdm-method.md §7).
   config.data.random_rate = 0.1  # random: probability that a pixel becomes unlabeled
   config.data.ds_size = 64  # ds: the annotation is resized (nearest) to this size first
   config.data.edge_radius = 2  # edge: L1 dilation radius of the boundary band
+  # procedural only: > 0 corrupts the same layout rendered at this size (the paper's 256)
+  # with the settings above and carries the changed pixels down (noisy.corrupt_via_render)
+  config.data.noise_render_size = 0
   config.data.flip = True  # training augmentation: random horizontal flip
   config.data.num_parallel_calls = -1  # tf.data map parallelism (-1 = AUTOTUNE)
   config.data.prefetch = 2  # batches prefetched by tf.data

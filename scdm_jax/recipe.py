@@ -70,7 +70,9 @@ def procedural_psi(data_config, num_examples: int = 256) -> np.ndarray:
   """psi from the class statistics of the procedural train split (deterministic)."""
   size = int(data_config.image_size)
   seed = int(data_config.procedural_seed)
-  maps = (procedural.generate(i, size=size, seed=seed, split="train")["label"]
+  share = float(data_config.procedural_unlabeled_share)
+  maps = (procedural.generate(i, size=size, seed=seed, split="train",
+                              unlabeled_share=share)["label"]
           for i in range(num_examples))
   stats = class_stats.accumulate(maps, int(data_config.num_classes), quiet=True)
   return label_diffusion.psi_from_statistics(stats["area_fraction_sum"],

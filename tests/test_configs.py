@@ -105,8 +105,9 @@ def test_every_preset_refuses_an_unknown_variant(name):
 
 # Every data field the pipeline reads; all must be settable from the command line.
 DATA_FIELDS = ("label_dir", "ds_size", "edge_radius", "random_rate", "flip", "num_examples",
-               "procedural_seed", "num_parallel_calls", "prefetch", "require_images", "root",
-               "noise", "unlabeled_to_zero", "use_instance", "class_table")
+               "procedural_seed", "procedural_unlabeled_share", "noise_render_size",
+               "num_parallel_calls", "prefetch", "require_images", "root", "noise",
+               "unlabeled_to_zero", "use_instance", "class_table")
 
 
 def test_data_fields_are_in_the_schema_and_settable_on_the_command_line(tmp_path,

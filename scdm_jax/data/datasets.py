@@ -84,12 +84,18 @@ class Source:
   spec: layouts.DatasetSpec | None = None
   procedural_size: int = 64
   procedural_seed: int = 0
+  procedural_unlabeled_share: float = 0.0
   split: str = "train"
   records: tfds_source.RecordSplit | None = None
   label_files: list[str] | None = None  # records with data.label_dir: labels read from here
 
   def __len__(self) -> int:
     return len(self.names)
+
+  def procedural_at(self, i: int, size: int) -> dict[str, np.ndarray]:
+    """Example i of this procedural split rendered at another size (same layout)."""
+    return procedural.generate(i, size=size, seed=self.procedural_seed, split=self.split,
+                               unlabeled_share=self.procedural_unlabeled_share)
 
   def load(self, i: int, *, need_image: bool = True, need_instance: bool = True):
     """Returns (PIL image or uint8 array or None, class ids (h, w) int32, instance or None)."""
@@ -109,7 +115,8 @@ class Source:
       return image, label, None if inst is None else inst.astype(np.int32)
     if self.examples is None:
       ex = procedural.generate(i, size=self.procedural_size, seed=self.procedural_seed,
-                               split=self.split)
+                               split=self.split,
+                               unlabeled_share=self.procedural_unlabeled_share)
       return ex["image"], ex["label"].astype(np.int32), ex["instance"]
     ex = self.examples[i]
     image = None
@@ -155,7 +162,9 @@ def make_source(data_config, split: str) -> Source:
     src = Source("procedural", procedural_names(split, n),
                  table.num_classes, table.unlabeled_class, True,
                  procedural_size=int(_get(data_config, "image_size")),
-                 procedural_seed=int(_get(data_config, "procedural_seed")), split=split)
+                 procedural_seed=int(_get(data_config, "procedural_seed")),
+                 procedural_unlabeled_share=float(
+                     _get(data_config, "procedural_unlabeled_share")), split=split)
   else:
     spec = layouts.get_spec(name)
     root = _get(data_config, "root")
@@ -242,6 +251,10 @@ class ExampleLoader:
     self.ds_size = int(_get(data_config, "ds_size"))
     self.radius = int(_get(data_config, "edge_radius"))
     self.flip = bool(_get(data_config, "flip"))
+    self.render_size = int(_get(data_config, "noise_render_size"))
+    if self.render_size and source.examples is not None:
+      raise ValueError(f"data.noise_render_size={self.render_size} works on the procedural "
+                       f"dataset only ({source.name} is read from files): set it to 0")
     if self.noise != "none" and source.unlabeled_class is None and not self.unlabeled_to_zero:
       raise ValueError(f"{source.name} has no 'unlabeled' class for noise={self.noise!r} to "
                        "write: set data.unlabeled_to_zero=True (all-zero absorbing pixels)")
@@ -254,14 +267,22 @@ class ExampleLoader:
     rng = self.rng(epoch, index)
     need_inst = self.use_instance or (self.noise == "edge")
     image, label, inst = self.source.load(int(index), need_instance=need_inst)
-    if self.noise == "ds":  # DS acts on the annotation at its original size (spec §7).
+    unl = self.source.unlabeled_class
+    via_render = self.render_size > 0 and self.noise != "none"
+    if via_render:  # paper-strength corruption from the same layout at the paper's size
+      big = self.source.procedural_at(int(index), self.render_size)
+      target = -1 if (self.unlabeled_to_zero or unl is None) else unl
+      label = noisy.corrupt_via_render(
+          label, big["label"], self.noise, unlabeled=target, rng=rng,
+          big_instance=big["instance"], rate=self.rate, ds_size=self.ds_size,
+          radius=self.radius)
+    elif self.noise == "ds":  # DS acts on the annotation at its original size (spec §7).
       label = noisy.resize_nearest(label, self.ds_size)
     img, label, inst = transforms.preprocess(image, label, inst, image_size=self.image_size,
                                              train=self.train, rng=rng, flip=self.flip)
-    unl = self.source.unlabeled_class
     # Without instance maps the (uncorrupted) label map gives the edge channel.
     edge_src = inst if inst is not None else label
-    if self.noise in ("edge", "random"):
+    if self.noise in ("edge", "random") and not via_render:
       target = -1 if (self.unlabeled_to_zero or unl is None) else unl
       label = transforms.apply_noise(label, self.noise, unlabeled=target, instance=inst,
                                      rng=rng, rate=self.rate, radius=self.radius)

@@ -126,3 +126,42 @@ def corrupt_random(label: np.ndarray, unlabeled: int, rng: np.random.Generator |
   out = np.array(label, copy=True)
   out[random_mask(out.shape, rng, rate)] = unlabeled
   return out
+
+
+
+def corrupt_via_render(clean: np.ndarray, big_label: np.ndarray, variant: str, *,
+                       unlabeled: int, rng: np.random.Generator,
+                       big_instance: np.ndarray | None = None, rate: float = RANDOM_RATE,
+                       ds_size: int = DS_SIZE, radius: int = EDGE_RADIUS) -> np.ndarray:
+  """A corruption of the paper's strength for a small map `clean` (h, w).
+
+  The same layout rendered at the paper's size (`big_label` (H, W), a multiple of (h, w),
+  e.g. 256 x 256) is corrupted with the paper's settings; the big map is then point-sampled
+  every H/h pixels from a random phase (one per axis and map), and the sampled changed
+  pixels take the sampled corrupted value while every other pixel keeps `clean`. A random
+  phase makes each big pixel equally likely to be sampled, so the share of changed pixels
+  is the paper-size share in expectation, which settings applied at 32 px cannot give (the
+  2-px Edge boundary alone covers 21 % of a 32 px procedural map; a fixed phase would see
+  DS's 4 x 4 blocks always at the same offset).
+  """
+  big = np.asarray(big_label).astype(np.int64)
+  (bh, bw), (h, w) = big.shape, clean.shape[:2]
+  if bh % h or bw % w:
+    raise ValueError(f"data.noise_render_size: the render size {bh}x{bw} must be a multiple "
+                     f"of the image size {h}x{w} (e.g. 256 for 32 or 64 px)")
+  fy, fx = bh // h, bw // w
+  rows = int(rng.integers(0, fy)) + fy * np.arange(h)
+  cols = int(rng.integers(0, fx)) + fx * np.arange(w)
+  marker = -2  # neither a class id nor -1, so "set to unlabeled" stays recognisable
+  if variant == "ds":
+    bad = resize_nearest(resize_nearest(big, ds_size), big.shape)
+  elif variant == "edge":
+    bad = corrupt_edge(big, marker, big_instance, radius)
+  elif variant == "random":
+    bad = corrupt_random(big, marker, rng, rate)
+  else:
+    raise ValueError(f"unknown variant {variant!r}: use ds, edge or random")
+  pick = lambda x: x[rows[:, None], cols[None, :]]
+  value = pick(bad)
+  value = np.where(value == marker, unlabeled, value)
+  return np.where(pick(bad != big), value, clean).astype(clean.dtype)

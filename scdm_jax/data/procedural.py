@@ -11,7 +11,11 @@ Example `index` of a split is a pure function of (seed, split, index, size): gen
 anywhere, in any order. Instance maps give every background region one id and every object
 its own id (>= 1000), so the instance-edge channel and the Edge corruption work.
 
-The last class, "unlabeled", never appears in clean maps; the noisy-label benchmark writes it.
+The last class, "unlabeled", appears in clean maps only with `unlabeled_share > 0`
+(`data.procedural_unlabeled_share`): thin seams on region boundaries and a few small blobs,
+like the unannotated pixels of ADE20K, so that the paper's encoding of corrupted pixels
+(the unlabeled class, which both SDM and SCDM then meet in training) can be tested. The
+image under them stays the rendered image, and share 0 gives today's maps bit for bit.
 """
 
 from __future__ import annotations
@@ -47,12 +51,18 @@ def _smooth_curve(rng, n: int, knots: int, amp: float) -> np.ndarray:
 
 
 def generate(index: int, *, size: int | tuple[int, int] = 64, seed: int = 0,
-             split: str = "train") -> dict[str, np.ndarray]:
+             split: str = "train", unlabeled_share: float = 0.0) -> dict[str, np.ndarray]:
   """Generates one example.
 
+  Args:
+    unlabeled_share: target share of pixels of the clean map set to UNLABELED (seams and
+      blobs, `unlabeled_regions`); 0 leaves every pixel labelled.
   Returns:
     dict(image=(H, W, 3) uint8, label=(H, W) uint8 class ids, instance=(H, W) int32).
   """
+  if not 0.0 <= unlabeled_share < 1.0:
+    raise ValueError(f"data.procedural_unlabeled_share={unlabeled_share}: use a share in "
+                     "[0, 1) (e.g. 0.08, about ADE20K's; 0 = every pixel labelled)")
   h, w = (size, size) if isinstance(size, int) else size
   rng = _rng(seed, split, index)
   yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -98,7 +108,55 @@ def generate(index: int, *, size: int | tuple[int, int] = 64, seed: int = 0,
     label[m] = kind
     inst[m] = 1000 + k
 
-  return {"image": _render(label, yy, xx, rng), "label": label, "instance": inst}
+  image = _render(label, yy, xx, rng)
+  if unlabeled_share > 0:
+    # Own stream: the layout and the image do not depend on the share.
+    urng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(split.encode()),
+                                  int(index), 0x0A11])
+    seams, blobs = unlabeled_regions(label, unlabeled_share, urng)
+    label = label.copy()
+    label[seams | blobs] = UNLABELED
+  return {"image": image, "label": label, "instance": inst}
+
+
+# Share of the unlabeled pixels put on seams (the rest: blobs). ADE20K's unannotated pixels
+# are mostly thin gaps between polygons, with some unannotated objects.
+SEAM_FRACTION = 0.6
+
+
+def unlabeled_regions(label: np.ndarray, share: float, rng: np.random.Generator,
+                      seam_fraction: float = SEAM_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+  """(seams, blobs) bool (H, W) masks covering about `share` of the pixels together.
+
+  Seams: 1-px runs on the class boundaries (the pixel left of / above a change), chosen as
+  the top-ranked boundary pixels under a smooth random field, so they come in runs rather
+  than speckle. Blobs: small discs (radius ~2-4 % of the size) anywhere, added until the
+  total reaches the target (the last one may overshoot by part of a disc).
+  """
+  h, w = label.shape
+  target = int(round(share * h * w))
+  seams = np.zeros((h, w), bool)
+  cand = np.zeros((h, w), bool)
+  cand[:, :-1] |= label[:, 1:] != label[:, :-1]
+  cand[:-1, :] |= label[1:, :] != label[:-1, :]
+  n_seam = min(int(cand.sum()), int(round(seam_fraction * target)))
+  if n_seam > 0:
+    cs = max(2, min(h, w) // 8)
+    field = rng.standard_normal((h // cs + 2, w // cs + 2))
+    field = np.repeat(np.repeat(field, cs, 0), cs, 1)[:h, :w]
+    field = field + 0.1 * rng.standard_normal((h, w))  # ties broken at random
+    ys, xs = np.nonzero(cand)
+    keep = np.argsort(-field[ys, xs], kind="stable")[:n_seam]
+    seams[ys[keep], xs[keep]] = True
+  blobs = np.zeros((h, w), bool)
+  yy, xx = np.mgrid[0:h, 0:w]
+  for _ in range(4 * max(1, target)):  # bounded; each disc adds at least one pixel
+    if int((seams | blobs).sum()) >= target:
+      break
+    r = rng.uniform(0.02, 0.04) * min(h, w) + 0.5
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    blobs |= ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & ~seams
+  return seams, blobs
 
 
 def _render(label: np.ndarray, yy: np.ndarray, xx: np.ndarray,
