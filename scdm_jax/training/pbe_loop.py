@@ -30,10 +30,13 @@ from flax import nnx
 from scdm_jax import checkpointing
 from scdm_jax import sharding
 from scdm_jax import state as state_lib
+from scdm_jax.data import pbe_augment
 from scdm_jax.data import pbe_boxes
+from scdm_jax.data import pbe_masks
 from scdm_jax.data import pbe_triplets
 from scdm_jax.diffusion import ldm_schedulers
 from scdm_jax.inference.paint import PaintPipeline
+from scdm_jax.io import atomic
 from scdm_jax.io import fileio
 from scdm_jax.io import progress
 from scdm_jax.io import weights
@@ -41,10 +44,13 @@ from scdm_jax.models import pbe_import
 from scdm_jax.models import pbe_init
 from scdm_jax.models.sd_unet import SDUNetConfig
 from scdm_jax.training import guard
+from scdm_jax.training import pbe_scratch
 from scdm_jax.training import pbe_step
 from scdm_jax.training import preemption
 
 _BATCH_KEYS = ("image", "masked_image", "keep_mask", "reference")
+NO_AUGMENT = pbe_augment.AugmentConfig(flip_prob=0.0, rotate_prob=0.0, blur_prob=0.0,
+                                       elastic_prob=0.0)
 
 
 def load_sd_unet(folder: str, want: SDUNetConfig, **kwargs):
@@ -73,13 +79,39 @@ def load_sd_unet(folder: str, want: SDUNetConfig, **kwargs):
   return pbe_init.widen_conv_in(base)
 
 
-def load_model(config: ml_collections.ConfigDict, mesh) -> tuple[PaintPipeline, Any]:
+def init_source(config: ml_collections.ConfigDict, workdir: str, mesh) -> str:
+  """The init path: `paint_train.init`, or with `scratch` <workdir>/init (built once)."""
+  pt = config.paint_train
+  if pt.context_tokens not in ("pooled", "all"):
+    raise ValueError(f"config.paint_train.context_tokens={pt.context_tokens!r}: use pooled "
+                     "or all")
+  if not pt.scratch:
+    if pt.context_tokens != "pooled":
+      raise ValueError("config.paint_train.context_tokens=all needs paint_train.scratch=True "
+                       "(a loaded encoder keeps its own token choice)")
+    return pt.init
+  if pt.init or pt.sd_unet:
+    raise ValueError("config.paint_train.scratch=True builds its own init: leave "
+                     "paint_train.init and paint_train.sd_unet empty (or set scratch=False)")
+  path = os.path.join(workdir, "init")
+  if not os.path.isdir(os.path.join(path, "meta")):
+    pipe, stats = pbe_scratch.build_scratch_pipeline(config, mesh)
+    pipe.save_export(path, source=f"paint_train.scratch (tower pretraining: "
+                     f"{json.dumps(stats)})")
+    atomic.write_json(os.path.join(workdir, "encoder_pretraining.json"), stats, indent=2)
+  return path
+
+
+def load_model(config: ml_collections.ConfigDict, mesh, init: str | None = None
+               ) -> tuple[PaintPipeline, Any]:
   """The init pipeline and the (possibly SD-initialised) `PbEModel`."""
   pt = config.paint_train
-  if not pt.init:
+  init = pt.init if init is None else init
+  if not init:
     raise ValueError("config.task=paint_by_example needs config.paint_train.init (a Paint by "
-                     "Example diffusers folder, model.ckpt or export: VAE, CLIP and configs).")
-  pipe = PaintPipeline.load(pt.init, mesh=mesh)
+                     "Example diffusers folder, model.ckpt or export: VAE, CLIP and configs) "
+                     "or paint_train.scratch=True.")
+  pipe = PaintPipeline.load(init, mesh=mesh)
   unet = pipe.unet
   if pt.sd_unet:
     unet = load_sd_unet(pt.sd_unet, pipe.unet_config)
@@ -118,7 +150,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise ValueError(f"config.train.grad_accum={tc.grad_accum}: Paint-by-Example training "
                      "has no gradient accumulation yet; set it to 1.")
 
-  pipe, model = load_model(config, mesh)
+  init = init_source(config, workdir, mesh)
+  pipe, model = load_model(config, mesh, init)
   graphdef, trainable, frozen = pbe_step.split_model(model)
   tx, lr_fn = state_lib.make_tx(config.optim), state_lib.lr_schedule(config.optim)
   fsdp_min = int(config.mesh.fsdp_min_size)
@@ -129,7 +162,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   count = lambda t: sum(math.prod(x.shape) for x in jax.tree.leaves(t))
   logging.info("Paint by Example: %.2f M trainable, %.2f M frozen parameters.",
                count(trainable) / 1e6, count(frozen) / 1e6)
-  meta = {"task": "paint_by_example", "init": pt.init, "sd_unet": pt.sd_unet,
+  meta = {"task": "paint_by_example", "init": init, "sd_unet": pt.sd_unet,
           "config": config.to_json_best_effort()}
 
   ckpt = checkpointing.TrainCheckpointer(
@@ -181,7 +214,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       records, image_size=s, encoder_size=e, batch_size=per_process_batch, seed=int(tc.seed),
       start_step=data_pos, process_index=jax.process_index(),
       process_count=jax.process_count(), mean=pipe.preprocess.image_mean,
-      std=pipe.preprocess.image_std)
+      std=pipe.preprocess.image_std, mask=pbe_masks.MaskConfig(bezier_prob=float(pt.bezier_prob)),
+      augment=pbe_augment.AugmentConfig() if pt.augment else NO_AUGMENT)
 
   def save(step_, wait=False):
     tree = to_checkpoint(st)
