@@ -1,6 +1,7 @@
 r"""Measures the small CPU Paint-by-Example demo (configs/paint_by_example.py:cpu_demo / :naive).
 
-On held-out procedural images (the `validation` split, never trained on): the hole is an
+On held-out procedural images (the `validation` split, never trained on; the scene a
+square crop around an object, side >= 40 of 64 px, resized to 16): the hole is the
 object's box (extended by 15% per side) and the exemplar is an object of ANOTHER class
 cut from ANOTHER held-out image. Per model (PROXY numbers: the proxy segmenter of
 `scdm_jax.evaluation.proxy`, trained by this project on this dataset):
@@ -10,7 +11,8 @@ cut from ANOTHER held-out image. Per model (PROXY numbers: the proxy segmenter o
   outside change   mean / max |result - source| outside the hole in [0, 1], with and
                    without paste-back
   proxy FD         Frechet distance of the proxy features (7 x width) of the pasted results
-                   to real held-out images (only when N exceeds the feature dimension)
+                   to unedited scenes of other held-out images (only when N exceeds the
+                   feature dimension)
   copying          mean |hole pixels - exemplar crop resized onto the hole box|, for the
                    model's own exemplar and for another exemplar of the same class; a model
                    that copies pixels is much closer to its own exemplar (copy gap > 0)
@@ -69,14 +71,21 @@ def make_cases(n: int, *, other_class: bool, start: int = 0) -> list[dict]:
     box, cls = objs[int(rng.integers(len(objs)))]
     want = [p for p in pool if (p[2] != cls) == other_class]
     img_e, box_e, cls_e = want[int(rng.integers(len(want)))]
-    f = SCENE / DATA_SIZE
-    x0, y0, x1, y1 = (v * f for v in box)
+    # The scene: a square crop around the box, as training sees it (the box at a similar
+    # scale), side max(40, box side + 8) px of the 64 px image, then resized to SCENE.
+    bx0, by0, bx1, by1 = box
+    side = int(min(DATA_SIZE, max(40, bx1 - bx0 + 8, by1 - by0 + 8)))
+    cx0 = int(np.clip((bx0 + bx1 - side) // 2, 0, DATA_SIZE - side))
+    cy0 = int(np.clip((by0 + by1 - side) // 2, 0, DATA_SIZE - side))
+    f = SCENE / side
+    x0, y0, x1, y1 = ((bx0 - cx0) * f, (by0 - cy0) * f, (bx1 - cx0) * f, (by1 - cy0) * f)
     ex_w, ex_h = (x1 - x0) * 0.15, (y1 - y0) * 0.15
     hx0, hy0 = int(max(0, np.floor(x0 - ex_w))), int(max(0, np.floor(y0 - ex_h)))
     hx1, hy1 = int(min(SCENE, np.ceil(x1 + ex_w))), int(min(SCENE, np.ceil(y1 + ex_h)))
     mask = np.zeros((SCENE, SCENE), np.uint8)
     mask[hy0:hy1, hx0:hx1] = 255
-    src = np.asarray(Image.fromarray(ex["image"]).resize((SCENE, SCENE), Image.BICUBIC))
+    crop = np.ascontiguousarray(ex["image"][cy0:cy0 + side, cx0:cx0 + side])
+    src = np.asarray(Image.fromarray(crop).resize((SCENE, SCENE), Image.BICUBIC))
     cases.append({"source": src, "mask": mask, "hole_box": (hx0, hy0, hx1, hy1),
                   "exemplar": np.ascontiguousarray(pbe_triplets.reference_crop(img_e, box_e)),
                   "exemplar_class": int(cls_e), "hole_class": int(cls)})
@@ -99,8 +108,11 @@ def _copy_l1(result01: np.ndarray, case: dict, exemplar: np.ndarray) -> float:
 
 def evaluate(pipe: PaintPipeline, seg, cases, same_cases, ref_feats) -> dict:
   t0 = time.time()
-  raw = _paint(pipe, cases, paste_back=False)
-  pasted = _paint(pipe, cases, paste_back=True)
+  # One batch for both case sets: two compiled programs per model (the paste setting).
+  n = len(cases)
+  raw = _paint(pipe, cases + same_cases, paste_back=False)[:n]
+  pasted_all = _paint(pipe, cases + same_cases, paste_back=True)
+  pasted, same_pasted = pasted_all[:n], pasted_all[n:]
   seconds = time.time() - t0
   src = np.stack([c["source"] for c in cases]).astype(np.float32) / 255.0
   hole = np.stack([c["mask"] for c in cases]) > 127
@@ -114,16 +126,18 @@ def evaluate(pipe: PaintPipeline, seg, cases, same_cases, ref_feats) -> dict:
   # Another exemplar of the same class: the next case whose exemplar has that class.
   other = []
   for k, c in enumerate(cases):
-    alt = next(d for d in cases[k + 1:] + cases[:k] if d["exemplar_class"] == c["exemplar_class"])
-    other.append(_copy_l1(pasted[k], c, alt["exemplar"]))
+    alt = next((d for d in cases[k + 1:] + cases[:k]
+                if d["exemplar_class"] == c["exemplar_class"]), None)
+    if alt is not None:
+      other.append(_copy_l1(pasted[k], c, alt["exemplar"]))
   feats = seg.features(pasted * 2 - 1)
-  same_pasted = _paint(pipe, same_cases, paste_back=True, seed=1)
   same_pred = np.argmax(seg(same_pasted * 2 - 1), -1)
   same_hole = np.stack([c["mask"] for c in same_cases]) > 127
   same_hit = [(same_pred[k][same_hole[k]] == c["exemplar_class"]).mean()
               for k, c in enumerate(same_cases)]
   out = {
-      "n": len(cases), "paint_seconds_both_paste_settings": seconds,
+      "n": len(cases), "n_same_class": len(same_cases),
+      "paint_seconds_both_paste_settings": seconds,
       "adherence": float(np.mean(hit)), "adherence_per_exemplar_class": per_class,
       "outside_change_paste_back": {"mean": float(np.abs(pasted - src)[outside].mean()),
                                     "max": float(np.abs(pasted - src)[outside].max())},
@@ -177,9 +191,9 @@ def main(argv=None) -> int:
   seg = proxy.load_segmenter(a.proxy)
   cases = make_cases(a.n, other_class=True)
   same_cases = make_cases(max(16, a.n // 4), other_class=False, start=2000)
-  real = np.stack([np.asarray(Image.fromarray(procedural.generate(
-      i, size=DATA_SIZE, split="validation")["image"]).resize((SCENE, SCENE), Image.BICUBIC))
-                   for i in range(1000, 1000 + a.n)]).astype(np.float32) / 127.5 - 1
+  # FD reference: unedited scenes cut the same way from other held-out images.
+  real = np.stack([c["source"] for c in make_cases(a.n, other_class=False, start=1000)]
+                  ).astype(np.float32) / 127.5 - 1
   ref_feats = seg.features(real)
   src = np.stack([c["source"] for c in cases]).astype(np.float32) / 127.5 - 1
   hole = np.stack([c["mask"] for c in cases]) > 127

@@ -10,6 +10,7 @@ from flax import nnx
 from scdm_jax import checkpointing
 from scdm_jax.inference.paint import PaintPipeline
 from scdm_jax.models.autoencoder_kl import AutoencoderKL, VAEConfig
+from scdm_jax.modes import export
 from scdm_jax.modes import train
 from scdm_jax.training import pbe_scratch
 
@@ -68,6 +69,16 @@ def test_demo_trains_both_stages_and_keeps_the_tower_frozen(tmp_path, variant):
   assert any(np.any(a != b) for a, b in zip(
       _leaves(nnx.to_pure_dict(nnx.state(fresh.image_encoder.model))),
       _leaves(init["image_encoder"]["model"])))
+  # A changed architecture on resume would silently reuse the old scratch init: refused.
+  changed = load_config("paint_by_example", variant, **dict(TINY, **{
+      "train.total_steps": 3, "paint_train.scratch_encoder_width": 64}))
+  with pytest.raises(ValueError, match="refusing to resume: paint_train.scratch_encoder_width"):
+    train.run(changed, str(tmp_path / "run"))
+  # --mode export of the newest checkpoint (here the last step) equals the run's export.
+  again, _ = checkpointing.load_export(export.run(config, str(tmp_path / "run"),
+                                                  str(tmp_path / "again")))
+  for a, b in zip(_leaves(done), _leaves(again)):
+    np.testing.assert_array_equal(a, b)
   pipe = PaintPipeline.load(summary["export"])
   tokens = pipe.encode_exemplars(np.zeros((1, 16, 16, 3), np.float32))[0].shape[1]
   assert tokens == (17 if variant == "naive" else 1)  # 16 px, patch 4: 1 + 16 tokens

@@ -102,6 +102,36 @@ def init_source(config: ml_collections.ConfigDict, workdir: str, mesh) -> str:
   return path
 
 
+# paint_train fields a resume must not change: they shape the model, its init (a scratch
+# init is built once in the workdir and reused) or what the UNet was trained to see.
+RESUME_FIELDS = ("image_size", "scratch", "scratch_unet_channels", "scratch_encoder_width",
+                 "scratch_encoder_layers", "scratch_context_dim", "encoder_size",
+                 "pretrain_encoder_steps", "pretrain_encoder_lr", "pretrain_encoder_images",
+                 "context_tokens")
+
+
+def resume_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  pt = config.paint_train
+  return {k: list(pt[k]) if isinstance(pt[k], (tuple, list)) else pt[k] for k in RESUME_FIELDS}
+
+
+def check_resume_meta(old_meta: dict[str, Any], meta: dict[str, Any], where: str) -> None:
+  """Refuses (one line) to resume a checkpoint made from another init or paint_train setup.
+
+  The PbE counterpart of `recipe.check_resume_meta`; runs before any array is read.
+  """
+  how = " Resume with the checkpoint's value or use a new --workdir."
+  for key in ("init", "sd_unet"):
+    if old_meta.get(key, meta[key]) != meta[key]:
+      raise ValueError(f"config.paint_train.{key}={meta[key]!r}, but the checkpoints in "
+                       f"{where} were trained from {old_meta[key]!r};" + how)
+  old = old_meta.get("paint_train") or {}
+  for key, want in meta["paint_train"].items():
+    if key in old and old[key] != want:
+      raise ValueError(f"{where}: refusing to resume: paint_train.{key} is {old[key]!r} in "
+                       f"the checkpoint but {want!r} in the config." + how)
+
+
 def load_model(config: ml_collections.ConfigDict, mesh, init: str | None = None
                ) -> tuple[PaintPipeline, Any]:
   """The init pipeline and the (possibly SD-initialised) `PbEModel`."""
@@ -163,6 +193,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   logging.info("Paint by Example: %.2f M trainable, %.2f M frozen parameters.",
                count(trainable) / 1e6, count(frozen) / 1e6)
   meta = {"task": "paint_by_example", "init": init, "sd_unet": pt.sd_unet,
+          "paint_train": resume_fields(config),
           "config": config.to_json_best_effort()}
 
   ckpt = checkpointing.TrainCheckpointer(
@@ -173,13 +204,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if latest is not None:
     target = to_checkpoint(state_lib.abstract_with_shardings(abstract, shardings))
     target["data_pos"] = np.zeros((), np.int64)
-    tree, old_meta = ckpt.restore(latest, target)
     # The frozen parts are re-read from the init source: it must be the one trained with.
-    for key in ("init", "sd_unet"):
-      if old_meta.get(key, meta[key]) != meta[key]:
-        raise ValueError(f"config.paint_train.{key}={meta[key]!r}, but the checkpoints in "
-                         f"{ckpt.directory} were trained from {old_meta[key]!r}; resume with "
-                         "that value or use a new --workdir.")
+    check_resume_meta(ckpt.restore_meta(latest), meta, ckpt.directory)
+    tree, _ = ckpt.restore(latest, target)
     data_pos = int(tree.pop("data_pos"))
     st = from_checkpoint(tree, abstract)
     logging.info("resumed from step %d (data position %d) in %s", latest, data_pos,
@@ -187,7 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   else:
     st = jax.jit(lambda p: pbe_step.init_state(p, tx, int(tc.seed)),
                  out_shardings=shardings)(trainable)
-    logging.info("Starting from %s (no checkpoint in %s).", pt.sd_unet or pt.init,
+    logging.info("Starting from %s (no checkpoint in %s).", pt.sd_unet or init,
                  ckpt.directory)
   start_step = int(jax.device_get(st.step))
   sched = ldm_schedulers.SchedulerConfig.from_dict(pipe.scheduler_config, "ddim")
@@ -286,3 +313,43 @@ def _export(pipe: PaintPipeline, graphdef, params, frozen, directory: str, step:
                       preprocess=pipe.preprocess, mesh=pipe.mesh, configs=pipe.configs,
                       source=f"--mode train (paint_by_example) step {step}")
   return out.save_export(directory)
+
+
+def export_latest(config: ml_collections.ConfigDict, workdir: str,
+                  directory: str | None = None) -> str:
+  """Writes the newest checkpoint of a Paint-by-Example workdir as a `--mode paint` export.
+
+  For a run that stopped before total_steps (preempted, or cut short); a finished run
+  already wrote one. Raises FileNotFoundError (one line) when there is no checkpoint.
+  """
+  workdir = fileio.absolute(workdir)
+  ckdir = os.path.join(workdir, "checkpoints")
+  if not fileio.isdir(ckdir):
+    raise FileNotFoundError(f"--mode export: {ckdir} does not exist; train first.")
+  mesh = sharding.make_mesh(config.mesh)
+  init = init_source(config, workdir, mesh)
+  pipe, model = load_model(config, mesh, init)
+  graphdef, trainable, frozen = pbe_step.split_model(model)
+  tx = state_lib.make_tx(config.optim)
+  abstract = jax.eval_shape(lambda p: pbe_step.init_state(p, tx, 0), trainable)
+  shardings = pbe_step.state_shardings(mesh, abstract, int(config.mesh.fsdp_min_size))
+  ckpt = checkpointing.TrainCheckpointer(ckdir, async_save=False)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"--mode export: no checkpoint in {ckdir}; train first.")
+    meta = {"init": init, "sd_unet": config.paint_train.sd_unet,
+            "paint_train": resume_fields(config)}
+    check_resume_meta(ckpt.restore_meta(step), meta, ckdir)
+    target = to_checkpoint(state_lib.abstract_with_shardings(abstract, shardings))
+    target["data_pos"] = np.zeros((), np.int64)
+    tree, _ = ckpt.restore(step, target)
+  finally:
+    ckpt.close()
+  tree.pop("data_pos")
+  st = from_checkpoint(tree, abstract)
+  frozen = sharding.device_put_tree(frozen, sharding.state_shardings(
+      mesh, frozen, int(config.mesh.fsdp_min_size)))
+  return _export(pipe, graphdef, st.params, frozen,
+                 directory or config.paint_train.export_dir or os.path.join(workdir, "export"),
+                 step)
