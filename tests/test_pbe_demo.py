@@ -48,7 +48,7 @@ def test_crop_set_histograms_are_distributions():
   np.testing.assert_allclose(h.sum(-1), 1.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["cpu_demo", "naive"])
+@pytest.mark.parametrize("variant", ["cpu_demo", pytest.param("naive", marks=pytest.mark.slow)])
 def test_demo_trains_both_stages_and_keeps_the_tower_frozen(tmp_path, variant):
   config = load_config("paint_by_example", variant, **TINY)
   summary = train.run(config, str(tmp_path / "run"))
