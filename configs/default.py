@@ -251,6 +251,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.paint_train.mask_resize = "bilinear"  # keep mask -> latents: bilinear (official torchvision Resize) | nearest
   config.paint_train.image_size = 512  # scene side S in pixels (divisible by the VAE factor)
   config.paint_train.export_dir = ""  # trained pipeline for --mode paint ("" = <workdir>/export)
+  # Build the init pipeline from scratch instead (the small CPU demo, configs/paint_by_example.py:cpu_demo):
+  # tiny UNet in pixel space (identity autoencoder), CLIP-shaped tower pretrained on procedural
+  # crops to predict their class histogram, then frozen; written to <workdir>/init (used on resume).
+  config.paint_train.scratch = False
+  config.paint_train.scratch_unet_channels = (16, 32)  # scratch UNet widths per level (cross-attention below full resolution)
+  config.paint_train.scratch_encoder_width = 32  # scratch CLIP tower width (4 heads, MLP 4x)
+  config.paint_train.scratch_encoder_layers = 2  # scratch CLIP tower layers (mapper: (layers + 1) // 5 blocks, 0 here)
+  config.paint_train.scratch_context_dim = 32  # scratch proj_out width = UNet cross_attention_dim
+  config.paint_train.encoder_size = 16  # scratch exemplar side in pixels (patch 4)
+  config.paint_train.pretrain_encoder_steps = 200  # scratch: tower pretraining steps (batch 64; 0 = random tower)
+  config.paint_train.pretrain_encoder_lr = 1e-3  # scratch: tower pretraining AdamW peak lr (cosine decay)
+  config.paint_train.pretrain_encoder_images = 256  # scratch: procedural images the pretraining crops come from
+  # Exemplar tokens given to the UNet: pooled (the recipe's one-token bottleneck) | all (the
+  # naive ablation: every tower token; scratch only).
+  config.paint_train.context_tokens = "pooled"
+  config.paint_train.augment = True  # reference augmentation (flip, rotation, blur, elastic); False: the naive ablation
+  config.paint_train.bezier_prob = 0.5  # share of Bezier-polygon holes (0 = box masks only, the naive ablation)
 
   # ------------------------------------------------------------------------- serve
   config.serve = ml_collections.ConfigDict()  # --mode serve: the browser painter

@@ -65,7 +65,7 @@ from scdm_jax.io import weights
 from scdm_jax.models import ldm_keys, pbe_import
 from scdm_jax.models.autoencoder_kl import AutoencoderKL, VAEConfig
 from scdm_jax.models.clip_vision import CLIPVisionConfig
-from scdm_jax.models.pbe_encoder import PaintByExampleImageEncoder
+from scdm_jax.models.pbe_encoder import PaintByExampleImageEncoder, context_tokens_of
 from scdm_jax.models.sd_unet import SDUNet, SDUNetConfig
 
 SAMPLERS = ("ddim", "pndm")
@@ -423,7 +423,9 @@ class PaintPipeline:
     modules = nnx.eval_shape(lambda: (
         SDUNet(unet_cfg, rngs=rngs(), **kw),
         AutoencoderKL(vae_cfg, rngs=rngs(), **kw),
-        PaintByExampleImageEncoder(clip_cfg, rngs=rngs(), **kw)))
+        PaintByExampleImageEncoder(clip_cfg, rngs=rngs(),
+                                   context_tokens=context_tokens_of(configs["image_encoder"]),
+                                   **kw)))
     states = {c: nnx.state(m) for c, m in zip(MODULES, modules)}
     abstract = {c: nnx.to_pure_dict(st) for c, st in states.items()}
     if isinstance(meta.get("param_shapes"), Mapping):
@@ -669,7 +671,7 @@ def _per_example_normal(key, idx, shape):
 def _encode_fn(pipe: PaintPipeline, state, pixels):
   _, _, enc = pipe._modules(state)
   cond = enc(pixels)
-  return cond, enc.uncond_embeddings(pixels.shape[0])
+  return cond, jnp.broadcast_to(enc.uncond_embeddings(pixels.shape[0]), cond.shape)
 
 
 def _posterior_fn(pipe: PaintPipeline, state, image):
@@ -706,7 +708,7 @@ def _paint_fn(pipe: PaintPipeline, opts: PaintOptions, state, pixels, masked, ma
   k_lat, k_post, k_eta = jax.random.split(key, 3)
   b = pixels.shape[0]
   cond = enc(pixels)
-  uncond = enc.uncond_embeddings(b)
+  uncond = jnp.broadcast_to(enc.uncond_embeddings(b), cond.shape)  # T tokens (see encoder)
   m_lat = _latents_from_posterior(pipe, vae, masked, idx, opts.posterior, k_post)
   x = latents if opts.given_latents else _per_example_normal(k_lat, idx, latents.shape[1:])
   sched = pipe.scheduler(opts.sampler, opts.num_steps, eta=opts.eta,

@@ -7,6 +7,10 @@ mirror (post_quant_conv, conv_in, mid block, UpDecoderBlock2Ds with one more Res
 and nearest x2 + conv upsampling, GroupNorm, SiLU, conv_out). Parameter names mirror
 diffusers (`torch_params`), loaded by pbe_import.py.
 
+An empty `block_out_channels` is the identity "autoencoder" (pixel-space diffusion, no
+parameters: encode returns (x, 0), decode returns z; latent_channels must equal
+in_channels), used by the small CPU Paint-by-Example demo.
+
 Usage:
   cfg = VAEConfig.from_diffusers(json.load(open("vae/config.json")))
   vae = AutoencoderKL(cfg, rngs=nnx.Rngs(0))
@@ -46,6 +50,7 @@ class VAEConfig:
   Attributes:
     in_channels, out_channels: image channels (3).
     block_out_channels: width per level; the downsampling factor is 2**(levels - 1).
+      Empty: the identity (pixel space; see the module docstring).
     layers_per_block: ResnetBlocks per encoder level (decoder levels have one more).
     latent_channels: latent channels (4).
     norm_num_groups: GroupNorm groups.
@@ -67,14 +72,22 @@ class VAEConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "block_out_channels", tuple(self.block_out_channels))
+    if self.is_identity and self.latent_channels != self.in_channels:
+      raise ValueError(f"vae config: the identity autoencoder (block_out_channels=[]) needs "
+                       f"latent_channels == in_channels, got {self.latent_channels} and "
+                       f"{self.in_channels}")
     for c in self.block_out_channels:
       if c % self.norm_num_groups:
         raise ValueError(f"vae config: block_out_channels entry {c} is not divisible by "
                          f"norm_num_groups={self.norm_num_groups}")
 
   @property
+  def is_identity(self) -> bool:
+    return not self.block_out_channels
+
+  @property
   def downsample_factor(self) -> int:
-    return 2 ** (len(self.block_out_channels) - 1)
+    return 1 if self.is_identity else 2 ** (len(self.block_out_channels) - 1)
 
   @classmethod
   def from_diffusers(cls, config: Mapping[str, Any]) -> "VAEConfig":
@@ -270,6 +283,9 @@ class AutoencoderKL(nnx.Module):
               param_dtype=param_dtype, keys=keys)
     conv = dict(dtype=dtype, param_dtype=param_dtype, keys=keys)
     lat = config.latent_channels
+    if config.is_identity:  # pixel space: no parameters at all
+      self.encoder = self.decoder = self.quant_conv = self.post_quant_conv = None
+      return
     self.encoder = Encoder(config, **kw)
     self.decoder = Decoder(config, **kw)
     self.quant_conv = (sd.Conv2d(2 * lat, 2 * lat, 1, **conv)
@@ -288,6 +304,9 @@ class AutoencoderKL(nnx.Module):
       std = exp(0.5 * clip(logvar, -30, 20)) as diffusers' DiagonalGaussianDistribution.
       The UNet's latent is `scaling_factor * (mean + std * noise)` (or of the mean).
     """
+    if self.config.is_identity:
+      x = x.astype(jnp.float32)
+      return x, jnp.zeros_like(x)
     moments = self.encoder(x, self.remat)
     if self.quant_conv is not None:
       moments = self.quant_conv(moments)
@@ -304,12 +323,16 @@ class AutoencoderKL(nnx.Module):
     Returns:
       (B, h*f, w*f, out_channels) float32 image, nominally in [-1, 1] (not clipped).
     """
+    if self.config.is_identity:
+      return z.astype(jnp.float32)
     if self.post_quant_conv is not None:
       z = self.post_quant_conv(z)
     return self.decoder(z, self.remat).astype(jnp.float32)
 
   def torch_params(self) -> sd.TorchParams:
     """`(diffusers name, variable, layout)` for every parameter."""
+    if self.config.is_identity:
+      return []
     out = self.encoder.torch_params("encoder") + self.decoder.torch_params("decoder")
     if self.quant_conv is not None:
       out += self.quant_conv.torch_params("quant_conv")

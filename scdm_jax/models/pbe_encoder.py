@@ -6,6 +6,11 @@ sequence -> mapper of (num_hidden_layers + 1) // 5 single-head transformer block
 final_layer_norm -> proj_out (hidden -> projection_dim). The learned `uncond_vector`
 (1, 1, projection_dim) is the classifier-free-guidance null context.
 
+`context_tokens="all"` feeds every token of the tower (class token and patches, after
+post_layernorm) through the mapper instead of the pooled one: the paper's naive baseline
+without the one-token bottleneck, kept for the ablation of the small CPU demo. The
+choice is stored in an export's image_encoder config as `pbe_context_tokens`.
+
 Usage:
   enc = PaintByExampleImageEncoder(CLIPVisionConfig.from_transformers(cfg), rngs=...)
   c = enc(pixel_values)             # (B, 1, projection_dim)
@@ -26,6 +31,18 @@ from scdm_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionTower
 Array = jax.Array
 
 
+CONTEXT_TOKENS = ("pooled", "all")
+
+
+def context_tokens_of(config_dict) -> str:
+  """The `pbe_context_tokens` entry of an image_encoder config dict ("pooled" if absent)."""
+  value = config_dict.get("pbe_context_tokens", "pooled")
+  if value not in CONTEXT_TOKENS:
+    raise ValueError(f"image_encoder config: pbe_context_tokens={value!r}: use one of "
+                     f"{CONTEXT_TOKENS}")
+  return value
+
+
 def mapper_layers(config: CLIPVisionConfig) -> int:
   """Number of mapper blocks, as diffusers' PaintByExampleMapper."""
   return (config.num_hidden_layers + 1) // 5
@@ -36,7 +53,8 @@ class PaintByExampleImageEncoder(nnx.Module):
 
   def __init__(self, config: CLIPVisionConfig, *, dtype: Any = jnp.float32,
                param_dtype: Any = jnp.float32, remat: bool = False,
-               attention_implementation: str | None = None, rngs: nnx.Rngs):
+               attention_implementation: str | None = None, context_tokens: str = "pooled",
+               rngs: nnx.Rngs):
     """Builds the encoder.
 
     Args:
@@ -46,9 +64,13 @@ class PaintByExampleImageEncoder(nnx.Module):
       param_dtype: parameter dtype.
       remat: rematerialise each CLIP layer in the backward pass.
       attention_implementation: None/"xla", or "cudnn" (see sd_unet.attention).
+      context_tokens: "pooled" (the released model: one token) or "all" (see above).
       rngs: parameter-init keys (one key is drawn).
     """
+    if context_tokens not in CONTEXT_TOKENS:
+      raise ValueError(f"context_tokens={context_tokens!r}: use one of {CONTEXT_TOKENS}")
     self.config = config
+    self.context_tokens = context_tokens
     keys = sd.KeyGen(rngs.params())
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     d, p = config.hidden_size, config.projection_dim
@@ -71,10 +93,14 @@ class PaintByExampleImageEncoder(nnx.Module):
       pixel_values: (B, image_size, image_size, 3), CLIP-normalised (NHWC).
 
     Returns:
-      (B, 1, projection_dim) float32 context tokens for the UNet's cross-attention.
+      (B, T, projection_dim) float32 context tokens for the UNet's cross-attention (T = 1,
+      or 1 + patches with context_tokens="all").
     """
-    _, pooled = self.model(pixel_values)
-    x = pooled[:, None, :].astype(self.final_layer_norm.dtype)
+    hidden, pooled = self.model(pixel_values)
+    if self.context_tokens == "all":
+      x = self.model.post_layernorm(hidden).astype(self.final_layer_norm.dtype)
+    else:
+      x = pooled[:, None, :].astype(self.final_layer_norm.dtype)
     for block in self.mapper:
       x = block(x)
     return self.proj_out(self.final_layer_norm(x)).astype(jnp.float32)

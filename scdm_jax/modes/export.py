@@ -3,7 +3,9 @@
 Writes `checkpointing.save_export(dir, ema_params, meta)` with meta = the run's config,
 `model` (UNetConfig fields), `num_classes`, `class_names`/`class_table`, the label schedule
 (incl. psi), `source` and `step`. `inference.loading.load_weights` and `config.init_from`
-read it. The target is `--export_dir`, else `<workdir>/export`.
+read it. The target is `--export_dir`, else `<workdir>/export`. With
+`config.task=paint_by_example` the newest Paint-by-Example checkpoint is written as a
+`--mode paint` export instead (e.g. of a preempted run; `pbe_loop.export_latest`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import ml_collections
 from scdm_jax import checkpointing
 from scdm_jax.inference import loading
 from scdm_jax.io import fileio
+from scdm_jax.training import pbe_loop
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, export_dir: str | None = None,
@@ -25,6 +28,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, export_dir: str | None 
   """Exports the newest (or `step`) training checkpoint of `workdir`; returns the path."""
   if not workdir:
     raise ValueError("--mode export needs --workdir (the training run to export).")
+  if config.get("task", "scdm") == "paint_by_example":
+    return pbe_loop.export_latest(config, workdir, export_dir)
   ckdir = os.path.join(workdir, "checkpoints")
   if not fileio.isdir(ckdir):
     raise FileNotFoundError(f"--mode export: {ckdir} does not exist; train first.")

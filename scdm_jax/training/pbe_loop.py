@@ -30,10 +30,13 @@ from flax import nnx
 from scdm_jax import checkpointing
 from scdm_jax import sharding
 from scdm_jax import state as state_lib
+from scdm_jax.data import pbe_augment
 from scdm_jax.data import pbe_boxes
+from scdm_jax.data import pbe_masks
 from scdm_jax.data import pbe_triplets
 from scdm_jax.diffusion import ldm_schedulers
 from scdm_jax.inference.paint import PaintPipeline
+from scdm_jax.io import atomic
 from scdm_jax.io import fileio
 from scdm_jax.io import progress
 from scdm_jax.io import weights
@@ -41,10 +44,13 @@ from scdm_jax.models import pbe_import
 from scdm_jax.models import pbe_init
 from scdm_jax.models.sd_unet import SDUNetConfig
 from scdm_jax.training import guard
+from scdm_jax.training import pbe_scratch
 from scdm_jax.training import pbe_step
 from scdm_jax.training import preemption
 
 _BATCH_KEYS = ("image", "masked_image", "keep_mask", "reference")
+NO_AUGMENT = pbe_augment.AugmentConfig(flip_prob=0.0, rotate_prob=0.0, blur_prob=0.0,
+                                       elastic_prob=0.0)
 
 
 def load_sd_unet(folder: str, want: SDUNetConfig, **kwargs):
@@ -73,13 +79,69 @@ def load_sd_unet(folder: str, want: SDUNetConfig, **kwargs):
   return pbe_init.widen_conv_in(base)
 
 
-def load_model(config: ml_collections.ConfigDict, mesh) -> tuple[PaintPipeline, Any]:
+def init_source(config: ml_collections.ConfigDict, workdir: str, mesh) -> str:
+  """The init path: `paint_train.init`, or with `scratch` <workdir>/init (built once)."""
+  pt = config.paint_train
+  if pt.context_tokens not in ("pooled", "all"):
+    raise ValueError(f"config.paint_train.context_tokens={pt.context_tokens!r}: use pooled "
+                     "or all")
+  if not pt.scratch:
+    if pt.context_tokens != "pooled":
+      raise ValueError("config.paint_train.context_tokens=all needs paint_train.scratch=True "
+                       "(a loaded encoder keeps its own token choice)")
+    return pt.init
+  if pt.init or pt.sd_unet:
+    raise ValueError("config.paint_train.scratch=True builds its own init: leave "
+                     "paint_train.init and paint_train.sd_unet empty (or set scratch=False)")
+  path = os.path.join(workdir, "init")
+  if not os.path.isdir(os.path.join(path, "meta")):
+    pipe, stats = pbe_scratch.build_scratch_pipeline(config, mesh)
+    pipe.save_export(path, source=f"paint_train.scratch (tower pretraining: "
+                     f"{json.dumps(stats)})")
+    atomic.write_json(os.path.join(workdir, "encoder_pretraining.json"), stats, indent=2)
+  return path
+
+
+# paint_train fields a resume must not change: they shape the model, its init (a scratch
+# init is built once in the workdir and reused) or what the UNet was trained to see.
+RESUME_FIELDS = ("image_size", "scratch", "scratch_unet_channels", "scratch_encoder_width",
+                 "scratch_encoder_layers", "scratch_context_dim", "encoder_size",
+                 "pretrain_encoder_steps", "pretrain_encoder_lr", "pretrain_encoder_images",
+                 "context_tokens")
+
+
+def resume_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  pt = config.paint_train
+  return {k: list(pt[k]) if isinstance(pt[k], (tuple, list)) else pt[k] for k in RESUME_FIELDS}
+
+
+def check_resume_meta(old_meta: dict[str, Any], meta: dict[str, Any], where: str) -> None:
+  """Refuses (one line) to resume a checkpoint made from another init or paint_train setup.
+
+  The PbE counterpart of `recipe.check_resume_meta`; runs before any array is read.
+  """
+  how = " Resume with the checkpoint's value or use a new --workdir."
+  for key in ("init", "sd_unet"):
+    if old_meta.get(key, meta[key]) != meta[key]:
+      raise ValueError(f"config.paint_train.{key}={meta[key]!r}, but the checkpoints in "
+                       f"{where} were trained from {old_meta[key]!r};" + how)
+  old = old_meta.get("paint_train") or {}
+  for key, want in meta["paint_train"].items():
+    if key in old and old[key] != want:
+      raise ValueError(f"{where}: refusing to resume: paint_train.{key} is {old[key]!r} in "
+                       f"the checkpoint but {want!r} in the config." + how)
+
+
+def load_model(config: ml_collections.ConfigDict, mesh, init: str | None = None
+               ) -> tuple[PaintPipeline, Any]:
   """The init pipeline and the (possibly SD-initialised) `PbEModel`."""
   pt = config.paint_train
-  if not pt.init:
+  init = pt.init if init is None else init
+  if not init:
     raise ValueError("config.task=paint_by_example needs config.paint_train.init (a Paint by "
-                     "Example diffusers folder, model.ckpt or export: VAE, CLIP and configs).")
-  pipe = PaintPipeline.load(pt.init, mesh=mesh)
+                     "Example diffusers folder, model.ckpt or export: VAE, CLIP and configs) "
+                     "or paint_train.scratch=True.")
+  pipe = PaintPipeline.load(init, mesh=mesh)
   unet = pipe.unet
   if pt.sd_unet:
     unet = load_sd_unet(pt.sd_unet, pipe.unet_config)
@@ -118,7 +180,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise ValueError(f"config.train.grad_accum={tc.grad_accum}: Paint-by-Example training "
                      "has no gradient accumulation yet; set it to 1.")
 
-  pipe, model = load_model(config, mesh)
+  init = init_source(config, workdir, mesh)
+  pipe, model = load_model(config, mesh, init)
   graphdef, trainable, frozen = pbe_step.split_model(model)
   tx, lr_fn = state_lib.make_tx(config.optim), state_lib.lr_schedule(config.optim)
   fsdp_min = int(config.mesh.fsdp_min_size)
@@ -129,7 +192,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   count = lambda t: sum(math.prod(x.shape) for x in jax.tree.leaves(t))
   logging.info("Paint by Example: %.2f M trainable, %.2f M frozen parameters.",
                count(trainable) / 1e6, count(frozen) / 1e6)
-  meta = {"task": "paint_by_example", "init": pt.init, "sd_unet": pt.sd_unet,
+  meta = {"task": "paint_by_example", "init": init, "sd_unet": pt.sd_unet,
+          "paint_train": resume_fields(config),
           "config": config.to_json_best_effort()}
 
   ckpt = checkpointing.TrainCheckpointer(
@@ -140,13 +204,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if latest is not None:
     target = to_checkpoint(state_lib.abstract_with_shardings(abstract, shardings))
     target["data_pos"] = np.zeros((), np.int64)
-    tree, old_meta = ckpt.restore(latest, target)
     # The frozen parts are re-read from the init source: it must be the one trained with.
-    for key in ("init", "sd_unet"):
-      if old_meta.get(key, meta[key]) != meta[key]:
-        raise ValueError(f"config.paint_train.{key}={meta[key]!r}, but the checkpoints in "
-                         f"{ckpt.directory} were trained from {old_meta[key]!r}; resume with "
-                         "that value or use a new --workdir.")
+    check_resume_meta(ckpt.restore_meta(latest), meta, ckpt.directory)
+    tree, _ = ckpt.restore(latest, target)
     data_pos = int(tree.pop("data_pos"))
     st = from_checkpoint(tree, abstract)
     logging.info("resumed from step %d (data position %d) in %s", latest, data_pos,
@@ -154,7 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   else:
     st = jax.jit(lambda p: pbe_step.init_state(p, tx, int(tc.seed)),
                  out_shardings=shardings)(trainable)
-    logging.info("Starting from %s (no checkpoint in %s).", pt.sd_unet or pt.init,
+    logging.info("Starting from %s (no checkpoint in %s).", pt.sd_unet or init,
                  ckpt.directory)
   start_step = int(jax.device_get(st.step))
   sched = ldm_schedulers.SchedulerConfig.from_dict(pipe.scheduler_config, "ddim")
@@ -181,7 +241,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       records, image_size=s, encoder_size=e, batch_size=per_process_batch, seed=int(tc.seed),
       start_step=data_pos, process_index=jax.process_index(),
       process_count=jax.process_count(), mean=pipe.preprocess.image_mean,
-      std=pipe.preprocess.image_std)
+      std=pipe.preprocess.image_std, mask=pbe_masks.MaskConfig(bezier_prob=float(pt.bezier_prob)),
+      augment=pbe_augment.AugmentConfig() if pt.augment else NO_AUGMENT)
 
   def save(step_, wait=False):
     tree = to_checkpoint(st)
@@ -252,3 +313,43 @@ def _export(pipe: PaintPipeline, graphdef, params, frozen, directory: str, step:
                       preprocess=pipe.preprocess, mesh=pipe.mesh, configs=pipe.configs,
                       source=f"--mode train (paint_by_example) step {step}")
   return out.save_export(directory)
+
+
+def export_latest(config: ml_collections.ConfigDict, workdir: str,
+                  directory: str | None = None) -> str:
+  """Writes the newest checkpoint of a Paint-by-Example workdir as a `--mode paint` export.
+
+  For a run that stopped before total_steps (preempted, or cut short); a finished run
+  already wrote one. Raises FileNotFoundError (one line) when there is no checkpoint.
+  """
+  workdir = fileio.absolute(workdir)
+  ckdir = os.path.join(workdir, "checkpoints")
+  if not fileio.isdir(ckdir):
+    raise FileNotFoundError(f"--mode export: {ckdir} does not exist; train first.")
+  mesh = sharding.make_mesh(config.mesh)
+  init = init_source(config, workdir, mesh)
+  pipe, model = load_model(config, mesh, init)
+  graphdef, trainable, frozen = pbe_step.split_model(model)
+  tx = state_lib.make_tx(config.optim)
+  abstract = jax.eval_shape(lambda p: pbe_step.init_state(p, tx, 0), trainable)
+  shardings = pbe_step.state_shardings(mesh, abstract, int(config.mesh.fsdp_min_size))
+  ckpt = checkpointing.TrainCheckpointer(ckdir, async_save=False)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"--mode export: no checkpoint in {ckdir}; train first.")
+    meta = {"init": init, "sd_unet": config.paint_train.sd_unet,
+            "paint_train": resume_fields(config)}
+    check_resume_meta(ckpt.restore_meta(step), meta, ckdir)
+    target = to_checkpoint(state_lib.abstract_with_shardings(abstract, shardings))
+    target["data_pos"] = np.zeros((), np.int64)
+    tree, _ = ckpt.restore(step, target)
+  finally:
+    ckpt.close()
+  tree.pop("data_pos")
+  st = from_checkpoint(tree, abstract)
+  frozen = sharding.device_put_tree(frozen, sharding.state_shardings(
+      mesh, frozen, int(config.mesh.fsdp_min_size)))
+  return _export(pipe, graphdef, st.params, frozen,
+                 directory or config.paint_train.export_dir or os.path.join(workdir, "export"),
+                 step)
