@@ -30,6 +30,7 @@ Keeping orbax behind this one module means a move to the orbax v1 API touches on
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import shutil
@@ -231,6 +232,10 @@ def load_export_meta(directory: str | os.PathLike) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
+# Room kept free beyond the arrays' bytes (orbax's metadata, the JSON meta, file-system slack).
+_SPACE_MARGIN = 16 * 2**20
+
+
 class TrainCheckpointer:
   """Orbax `CheckpointManager` for the training state (see module docstring).
 
@@ -287,6 +292,7 @@ class TrainCheckpointer:
     if step in self._mngr.all_steps():
       return False
     with self._write_errors(step):
+      self._check_free_space(state)
       saved = self._mngr.save(
           step,
           args=ocp.args.Composite(**{
@@ -314,6 +320,19 @@ class TrainCheckpointer:
       kept = self.all_steps_on_disk()
       err = fileio.write_error(e, where)
       raise (err if kept is None else _with_kept(err, kept)) from None
+
+  def _check_free_space(self, state: Any) -> None:
+    """Refuses a save the local disk cannot hold, before any byte is written: a background
+    save that fills the disk mid-way still ends in the one line, but tensorstore's writes in
+    flight then print tracebacks from their threads, which cannot be caught here."""
+    if fileio.is_url(self.directory) or jax.process_count() > 1:
+      return  # object stores have no free-space figure; hosts each write their own shards
+    need = sum(int(np.prod(np.shape(x))) * np.dtype(getattr(x, "dtype", np.float32)).itemsize
+               for x in jax.tree.leaves(state))
+    free = shutil.disk_usage(self.directory).free
+    if free < need + _SPACE_MARGIN:
+      raise OSError(errno.ENOSPC, f"{need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB "
+                    "free", self.directory)
 
   def _stop_background(self) -> None:
     """Lets orbax's other save threads finish and closes the manager, so nothing writes

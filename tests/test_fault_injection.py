@@ -15,6 +15,7 @@ import errno
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +138,27 @@ def test_failed_checkpoint_save_is_one_line_and_keeps_older_steps(tmp_path, monk
   assert meta == {"step": 1}
   assert again.save(2, {"w": np.ones(4, np.float32)}, {"step": 2}, wait=True)  # space again
   again.close()
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_a_disk_too_full_for_the_next_step_is_refused_before_writing(tmp_path, monkeypatch,
+                                                                      async_save):
+  root = tmp_path / "checkpoints"
+  ck = checkpointing.TrainCheckpointer(root, async_save=async_save)
+  ck.save(1, {"w": np.arange(4, dtype=np.float32)}, {"step": 1}, wait=True)
+  real = shutil.disk_usage
+  monkeypatch.setattr(shutil, "disk_usage",
+                      lambda p: real(p)._replace(free=8 * 2**20))  # less than the margin
+  written = []
+  monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save",
+                      lambda *a, **k: written.append(1))
+  with pytest.raises(fileio.WriteError) as e:
+    ck.save(2, {"w": np.zeros(2**20, np.float32)}, {"step": 2})
+  ck.close()
+  assert not written  # orbax never started the save (no thread left writing)
+  _one_line(e.value, str(root / "2"), "the disk is full (4.0 MiB needed, 8.0 MiB free)",
+            "Steps kept: [1]")
+  assert sorted(os.listdir(root)) == ["1"]
 
 
 @pytest.mark.skipif(ROOT, reason="root writes into read-only folders; the EROFS case above "

@@ -199,6 +199,8 @@ def write_error(err: OSError, path: str | os.PathLike, what: str = "") -> OSErro
   if isinstance(err, WriteError) or err.errno not in _WRITE_FAILURES:
     return err
   reason, todo = _WRITE_FAILURES[err.errno]
+  if err.strerror and err.strerror != os.strerror(err.errno):
+    reason = f"{reason} ({err.strerror})"  # our own detail, e.g. the space a save needs
   where = f"{what}={os.fspath(path)!r}" if what else os.fspath(path)
   detail = f" (at {err.filename})" if err.filename and os.fspath(err.filename) != \
       os.fspath(path) else ""
