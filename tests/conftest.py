@@ -59,6 +59,22 @@ def tiny_config():
 
 
 @pytest.fixture
+def fake_gcs(tmp_path, monkeypatch) -> pathlib.Path:
+  """gs:// (any URL) served from a local folder, through fileio's one epath seam; returns it.
+
+  `gs://bucket/x` is `<store>/bucket/x`. GCS cannot be reached here, and the seam is the only
+  place fileio turns a URL into a path, so everything above it runs as it would on GCS.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from scdm_jax.io import fileio  # pylint: disable=g-import-not-at-top
+  store = tmp_path / "store"
+  store.mkdir()
+  monkeypatch.setattr(fileio, "_epath",
+                      lambda url: epath.Path(store / os.fspath(url).split("://", 1)[1]))
+  return store
+
+
+@pytest.fixture
 def workdir(tmp_path) -> pathlib.Path:
   """An empty run folder."""
   path = tmp_path / "run"

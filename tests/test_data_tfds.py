@@ -8,7 +8,6 @@ import os
 import zipfile
 
 from conftest import data_config
-from etils import epath
 import numpy as np
 import pytest
 
@@ -33,15 +32,6 @@ def prepared(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   tfds_builders.prepare("procedural", data_dir, image_size=SIZE, num_train=NUM)
   return data_dir
-
-
-@pytest.fixture
-def fake_gcs(tmp_path, monkeypatch):
-  store = tmp_path / "store"
-  store.mkdir()
-  monkeypatch.setattr(fileio, "_epath",
-                      lambda url: epath.Path(store / os.fspath(url).split("://", 1)[1]))
-  return store
 
 
 def _procedural(**kw):

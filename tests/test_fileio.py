@@ -10,7 +10,6 @@ import os
 
 import numpy as np
 import pytest
-from etils import epath
 
 from scdm_jax.data import label_io
 from scdm_jax.io import atomic
@@ -19,13 +18,9 @@ from scdm_jax.io import images as image_io
 
 
 @pytest.fixture
-def fake_gcs(tmp_path, monkeypatch):
-  store = tmp_path / "store"
-  store.mkdir()
-  monkeypatch.setattr(fileio, "_epath",
-                      lambda url: epath.Path(store / os.fspath(url).split("://", 1)[1]))
+def fake_gcs(fake_gcs, tmp_path, monkeypatch):  # conftest's stand-in, run from tmp_path
   monkeypatch.chdir(tmp_path)
-  return store
+  return fake_gcs
 
 
 def test_url_writes_reach_the_store(fake_gcs, tmp_path):

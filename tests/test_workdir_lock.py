@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-from etils import epath
 
 from scdm_jax.io import atomic
 from scdm_jax.io import fileio
@@ -20,14 +19,10 @@ URL = "gs://bucket/run"
 
 
 @pytest.fixture
-def fake_gcs(tmp_path, monkeypatch):
-  store = tmp_path / "store"
-  store.mkdir()
-  monkeypatch.setattr(fileio, "_epath",
-                      lambda url: epath.Path(store / os.fspath(url).split("://", 1)[1]))
+def fake_gcs(fake_gcs, tmp_path, monkeypatch):  # conftest's stand-in; returns URL's folder
   monkeypatch.setattr(workdir_lock, "_SETTLE_S", 0.05)
   monkeypatch.chdir(tmp_path)
-  return store / "bucket" / "run"
+  return fake_gcs / "bucket" / "run"
 
 
 def test_url_lock_refuses_a_second_trainer_and_is_removed(fake_gcs):
