@@ -169,19 +169,18 @@ class WriteError(OSError):
 
 
 # errno -> (reason, what to do) for the failures a user can fix.
+_FREE_SPACE = "free some space there (or write elsewhere) and run again"
+_MAKE_WRITABLE = "make the folder writable for this user or choose another one"
+_IN_THE_WAY = ("a file of that name is in the way", "remove it or choose another path")
 _WRITE_FAILURES = {
-    errno.ENOSPC: ("the disk is full", "free some space there (or write elsewhere) and run "
-                   "again"),
-    errno.EDQUOT: ("the disk quota is used up", "free some space there (or write elsewhere) "
-                   "and run again"),
+    errno.ENOSPC: ("the disk is full", _FREE_SPACE),
+    errno.EDQUOT: ("the disk quota is used up", _FREE_SPACE),
     errno.EFBIG: ("the file is too large for that file system", "write elsewhere"),
     errno.EROFS: ("the file system is read-only", "choose a writable folder"),
-    errno.EACCES: ("permission denied", "make the folder writable for this user or choose "
-                   "another one"),
-    errno.EPERM: ("operation not permitted", "make the folder writable for this user or "
-                  "choose another one"),
-    errno.EEXIST: ("a file of that name is in the way", "remove it or choose another path"),
-    errno.ENOTDIR: ("a file of that name is in the way", "remove it or choose another path"),
+    errno.EACCES: ("permission denied", _MAKE_WRITABLE),
+    errno.EPERM: ("operation not permitted", _MAKE_WRITABLE),
+    errno.EEXIST: _IN_THE_WAY,
+    errno.ENOTDIR: _IN_THE_WAY,
 }
 
 
