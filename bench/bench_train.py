@@ -103,8 +103,8 @@ def bench(which: str, train_steps: int, sample_batches: int) -> dict:
   config.sample.extrapolation = 0.8
   sb = -(-int(config.sample.batch_size) // shards) * shards
   fn, _ = sampler.make_sample_fn(config, graphs, mesh, shardings.params, schedule)
-  cond = sharding.device_put_tree({k_: v[:sb] for k_, v in host.items() if k_ != "image"},
-                                  bsh)
+  cond_host = {k_: v[:sb] for k_, v in host.items() if k_ != "image"}
+  cond = sharding.device_put_tree(cond_host, {k_: bsh for k_ in cond_host})
   key = jax.random.key(0)
   t0 = time.time()
   jax.block_until_ready(fn(st.ema, cond, key))
