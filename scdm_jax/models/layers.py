@@ -10,7 +10,7 @@ mapping lives next to the layer that defines the parameter.
 Precision: parameters are float32. Convolutions and linear layers compute in the block's
 `dtype` (float32 or bfloat16). GroupNorm statistics and normalisation are computed in
 float32 (as the reference's `GroupNorm32`), and attention logits/softmax in float32
-(`jax.nn.dot_product_attention` does that for bfloat16 inputs).
+(`softmax_attention`).
 
 Blocks keep no references to other blocks (tree-mode safe), and constructors only create
 parameters from keys derived from the UNet's `rngs` (see `KeyGen`), so `nnx.eval_shape` builds an abstract model without allocation.
@@ -24,6 +24,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from scdm_jax.models import conv as conv_ops
+from scdm_jax.models import initializers
 
 Array = jax.Array
 
@@ -42,14 +45,7 @@ TorchParams = list[tuple[str, nnx.Variable, str]]
 
 # ----------------------------------------------------------------------------- helpers
 
-def _torch_uniform(fan_in: int):
-  """PyTorch's default Conv/Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+_torch_uniform = initializers.torch_uniform  # PyTorch's default Conv/Linear init
 
 
 class KeyGen:
@@ -85,9 +81,8 @@ class Conv2d(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     p = self.padding
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), self.kernel[...].astype(self.dtype), (self.stride,) * 2,
-        ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv_ops.conv2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                        stride=self.stride, padding=p)
     return y + self.bias[...].astype(self.dtype)
 
 
@@ -137,12 +132,23 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array
 
 def group_norm(x: Array, scale: Array | None, bias: Array | None, *,
                groups: int = GN_GROUPS, eps: float = GN_EPS) -> Array:
-  """GroupNorm over (H, W, C/groups) in float32; returns float32."""
+  """GroupNorm over (H, W, C/groups) in float32 (two passes: mean, then centred variance).
+
+  Returns float32. The sums run over H and W per channel first and only then over the
+  channels of a group: on XLA's CPU backend that is 2 to 5 times faster than one reduction
+  over a (B, H, W, G, C/G) view, forward and backward, with the same maths.
+  """
   b, h, w, c = x.shape
-  xf = x.astype(jnp.float32).reshape(b, h, w, groups, c // groups)
-  mean = jnp.mean(xf, axis=(1, 2, 4), keepdims=True)
-  var = jnp.mean(jnp.square(xf - mean), axis=(1, 2, 4), keepdims=True)
-  y = ((xf - mean) * jax.lax.rsqrt(var + eps)).reshape(b, h, w, c)
+  per_group = c // groups
+  n = h * w * per_group
+  xf = x.astype(jnp.float32)
+
+  def group_mean(v):  # (B, H, W, C) -> (B, 1, 1, C): the mean of each channel's group
+    sums = jnp.sum(v, axis=(1, 2)).reshape(b, groups, per_group).sum(-1) / n
+    return jnp.repeat(sums, per_group, axis=1)[:, None, None, :]
+
+  centred = xf - group_mean(xf)
+  y = centred * jax.lax.rsqrt(group_mean(jnp.square(centred)) + eps)
   if scale is not None:
     y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
   return y
@@ -388,6 +394,29 @@ class SDMResBlock(_ResBlockBase):
     return out
 
 
+def softmax_attention(q: Array, k: Array, v: Array,
+                      implementation: str | None = None) -> Array:
+  """softmax(q k^T / sqrt(d)) v over (B, L, heads, d); logits and softmax in float32.
+
+  `implementation` None or "xla": written out as two batched matrix products in the
+  (B, heads, L, d) layout, which XLA's CPU backend runs about twice as fast, forward and
+  backward, as `jax.nn.dot_product_attention`'s XLA path (measured at the UNet's 32 px
+  attention). Anything else ("cudnn") goes to `jax.nn.dot_product_attention`.
+  """
+  if implementation not in (None, "xla"):
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  dtype = q.dtype
+  if jax.default_backend() == "cpu" and dtype != jnp.float32:
+    # XLA's CPU emitter lacks some bf16 x bf16 -> f32 dots; half precision on a CPU is
+    # only for checks.
+    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
+  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))  # (B, heads, L, d)
+  logits = jnp.matmul(q, k.swapaxes(-1, -2), preferred_element_type=jnp.float32)
+  weights = jax.nn.softmax(logits * (q.shape[-1] ** -0.5), axis=-1).astype(v.dtype)
+  out = jnp.matmul(weights, v, preferred_element_type=jnp.float32)
+  return out.transpose(0, 2, 1, 3).astype(dtype)
+
+
 class AttentionBlock(nnx.Module):
   """Self-attention over all pixels: GN32, 1x1 qkv, multi-head attention, zero-init proj.
 
@@ -418,7 +447,7 @@ class AttentionBlock(nnx.Module):
       q, k, v = jnp.split(qkv.reshape(b, h * w, heads, 3 * ch), 3, axis=-1)
     else:
       q, k, v = (a.reshape(b, h * w, heads, ch) for a in jnp.split(qkv, 3, axis=-1))
-    a = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    a = softmax_attention(q, k, v, self.implementation)
     out = self.proj_out(a.reshape(b, h * w, c))
     return x + out.reshape(b, h, w, c).astype(x.dtype)
 

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scdm_jax.models import conv as conv_ops
+from scdm_jax.models import initializers
 from scdm_jax.models import layers
 
 Array = jax.Array
@@ -48,14 +50,7 @@ def join(prefix: str, name: str) -> str:
 
 # ----------------------------------------------------------------------------- primitives
 
-def _uniform(fan_in: int):
-  """PyTorch's default Conv/Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+_uniform = initializers.torch_uniform  # PyTorch's default Conv/Linear init
 
 
 class Conv2d(nnx.Module):
@@ -73,9 +68,8 @@ class Conv2d(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     p = self.padding
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), self.kernel[...].astype(self.dtype), (self.stride,) * 2,
-        ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv_ops.conv2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                        stride=self.stride, padding=p)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
@@ -166,7 +160,7 @@ _CUDNN_MAX_HEAD_DIM = 256
 
 def attention(q: Array, k: Array, v: Array, heads: int,
               implementation: str | None = None) -> Array:
-  """Multi-head softmax attention, scale head_dim**-0.5, via jax.nn.dot_product_attention.
+  """Multi-head softmax attention, scale head_dim**-0.5 (`layers.softmax_attention`).
 
   Args:
     q: (B, Lq, heads * head_dim); k, v: (B, Lk, heads * head_dim).
@@ -183,13 +177,8 @@ def attention(q: Array, k: Array, v: Array, heads: int,
                                     or q.dtype not in (jnp.bfloat16, jnp.float16)):
     implementation = None
   dtype = q.dtype
-  if jax.default_backend() == "cpu" and dtype in (jnp.bfloat16, jnp.float16):
-    # XLA's CPU emitter has no bf16 x bf16 -> f32 dot for some attention shapes (it fails
-    # to compile "ALG_DOT_BF16_BF16_F32"); half precision on a CPU is only for checks.
-    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
   split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, hd)  # (B, L, N, H)
-  out = jax.nn.dot_product_attention(split(q), split(k), split(v),
-                                     implementation=implementation)
+  out = layers.softmax_attention(split(q), split(k), split(v), implementation)
   return out.reshape(b, lq, inner).astype(dtype)
 
 
