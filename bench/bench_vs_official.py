@@ -1,0 +1,237 @@
+r"""Our train step, forward and sampler against the official PyTorch SCDM code (JSON).
+
+  python bench/bench_vs_official.py                 # every row, each in a fresh process
+  python bench/bench_vs_official.py --rows S_train,S_sample --reps 5
+
+Rows (issue 17's table; configs with the same parameter counts as the official runs):
+  L_train   64 px, 64 ch, mult 1,2,3,4, attention 32/16/8, 151 classes, batch 4 (49.65 M)
+  L_forward the same UNet, one forward of the batch of 4
+  S_train   32 px, 32 ch, mult 1,2,2,2, attention 16/8, 8 classes, batch 16 (9.21 M)
+  S_sample  25-step guided sampling of 16 maps (ddim25, guidance 1.5, batched guidance)
+The train step is the real one (label diffusion, hybrid loss, guidance drop, AdamW, EMA,
+NaN guard). Each row prints one JSON object: median and min over `--reps` timed repetitions
+after a warm-up, the compile time, the state-initialisation time, peak RSS of its process,
+XLA's FLOP count and the achieved GFLOP/s, and `official_*`: the official code's figures
+measured on the 2-core Zen 4 machine this project develops on (torch 2.13 CPU, oneDNN, 2
+threads). Absolute times hold only on the machine that measured them: compare the ratios,
+and only at low load (`load_avg_1m` is in each row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The official code on this machine (issue 17): seconds per call and peak RSS in GB.
+OFFICIAL = {
+    "L_train": dict(median_s=4.73, peak_rss_gb=2.4),
+    "L_forward": dict(median_s=1.65, peak_rss_gb=None),
+    "S_train": dict(median_s=1.43, peak_rss_gb=1.1),
+    "S_sample": dict(median_s=28.0, peak_rss_gb=0.5),
+}
+CPU_PEAK_GFLOPS = 166.0  # 2 Zen 4 cores at 2.6 GHz, fp32 (AVX-512 FMA)
+
+
+def _preset(name):
+  spec = importlib.util.spec_from_file_location(f"bench_cfg_{name}",
+                                                REPO / "configs" / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(None)
+
+
+def config_for(row: str):
+  if row.startswith("L_"):
+    c = _preset("ade20k")
+    c.data.image_size = 64
+    c.model.model_channels = 64
+    c.model.channel_mult = (1, 2, 3, 4)
+    c.model.attention_resolutions = (2, 4, 8)
+    c.train.batch_size = 4
+  else:
+    c = _preset("demo")
+    c.data.num_classes = 8
+    c.model.channel_mult = (1, 2, 2, 2)
+    c.model.num_res_blocks = 2
+    c.model.attention_resolutions = (2, 4)
+    c.train.batch_size = 16
+    c.sample.batch_size = 16
+  c.model.dtype = "float32"
+  c.model.remat = False
+  c.diffusion.label_schedule = "uniform"  # no psi file; costs what classwise costs
+  c.sample.respacing = "ddim25"
+  c.sample.guidance_scale = 1.5
+  c.sample.dynamic_threshold = 0.95
+  c.sample.extrapolation = 0.8
+  return c
+
+
+def _flops(compiled) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)) or None
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _memory(compiled) -> dict:
+  """XLA's own buffer estimate of the program (GB): arguments, outputs, temporaries."""
+  try:
+    m = compiled.memory_analysis()
+    return {"xla_argument_gb": round(m.argument_size_in_bytes / 2**30, 3),
+            "xla_output_gb": round(m.output_size_in_bytes / 2**30, 3),
+            "xla_temp_gb": round(m.temp_size_in_bytes / 2**30, 3)}
+  except Exception:  # pylint: disable=broad-except
+    return {}
+
+
+def _time(fn, reps: int) -> list[float]:
+  out = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    out.append(time.perf_counter() - t0)
+  return out
+
+
+def _compile(row, config, graphs, st, shardings, abstract, schedule, batch, mesh):
+  """The row's compiled program and a function that runs it once."""
+  import jax
+  from flax import nnx
+  from scdm_jax import recipe
+  from scdm_jax.diffusion import label_diffusion
+  from scdm_jax.inference import sampler
+  from scdm_jax.training import step as step_lib
+
+  k, b = int(config.data.num_classes), int(config.train.batch_size)
+  if row.endswith("_train"):
+    compiled, _ = step_lib.compile_train_step(config, graphs, recipe.make_diffusion(config),
+                                              schedule, mesh, shardings, abstract, b)
+    holder = [st]
+
+    def call():
+      holder[0], m = compiled(holder[0], batch)
+      jax.block_until_ready(m)
+  elif row.endswith("_forward"):
+    cond = label_diffusion.condition(batch["label"], k, None)
+    t = jax.numpy.full((b,), 500, jax.numpy.int32)
+
+    def forward(params, x, cond, t):
+      return nnx.merge(graphs.model, params)(x, t, cond)
+    compiled = jax.jit(forward).lower(st.params, batch["image"], cond, t).compile()
+
+    def call():
+      jax.block_until_ready(compiled(st.params, batch["image"], cond, t))
+  else:
+    fn, _ = sampler.make_sample_fn(config, graphs, mesh, shardings.params, schedule)
+    labels = {"label": batch["label"]}
+    key = jax.random.key(0)
+    compiled = fn.lower(st.ema, labels, key).compile()
+
+    def call():
+      jax.block_until_ready(compiled(st.ema, labels, key))
+  return compiled, call
+
+
+def run_row(row: str, reps: int, conv_grad: str = "auto") -> dict:
+  import jax
+  import numpy as np
+
+  sys.path.insert(0, str(REPO))
+  from scdm_jax import recipe, sharding
+  from scdm_jax import state as state_lib
+  from scdm_jax.models import conv
+
+  config = config_for(row)
+  mesh = sharding.make_mesh(config.mesh)
+  s, k = int(config.data.image_size), int(config.data.num_classes)
+  b = int(config.train.batch_size)
+  rng = np.random.default_rng(0)
+  host = {"image": rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32),
+          "label": rng.integers(0, k, (b, s, s)).astype(np.int32)}
+  bsh = sharding.batch_sharding(mesh)
+  batch = sharding.device_put_tree(host, {key: bsh for key in host})
+  schedule = recipe.make_label_schedule(config, recipe.resolve_psi(config))
+
+  t0 = time.perf_counter()
+  graphs, st, shardings = state_lib.create_train_state(config, mesh, 0)
+  jax.block_until_ready(st)
+  init_s = time.perf_counter() - t0
+  _, abstract = state_lib.graphs_and_abstract(config)
+
+  t0 = time.perf_counter()
+  override = (contextlib.nullcontext() if conv_grad == "auto"
+              else conv.use_im2col_grad(conv_grad == "im2col"))
+  with override:
+    compiled, call = _compile(row, config, graphs, st, shardings, abstract, schedule, batch,
+                              mesh)
+  compile_s = time.perf_counter() - t0
+
+  rss_compiled_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  call()  # warm-up
+  times = _time(call, reps)
+  flops = _flops(compiled)
+  median = statistics.median(times)
+  official = OFFICIAL[row]
+  params_m = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params)) / 1e6
+  peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  return {
+      "row": row, "conv_grad": conv_grad, "params_M": round(params_m, 2), "batch": b,
+      "image_size": s, "num_classes": k, "platform": jax.devices()[0].platform,
+      "devices": jax.device_count(),
+      "reps": reps, "median_s": round(median, 3), "min_s": round(min(times), 3),
+      "compile_s": round(compile_s, 1), "init_s": round(init_s, 1),
+      "peak_rss_gb": round(peak_gb, 2), "peak_rss_after_compile_gb": round(rss_compiled_gb, 2),
+      **_memory(compiled),
+      "gflop": round(flops / 1e9, 1) if flops else None,
+      "achieved_gflops": round(flops / median / 1e9, 1) if flops else None,
+      "cpu_peak_gflops": CPU_PEAK_GFLOPS,
+      "official_median_s": official["median_s"],
+      "official_peak_rss_gb": official["peak_rss_gb"],
+      "speedup_vs_official": round(official["median_s"] / median, 2),
+      "load_avg_1m": round(os.getloadavg()[0], 2),
+  }
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--rows", default=",".join(OFFICIAL))
+  p.add_argument("--reps", type=int, default=5)
+  p.add_argument("--conv_grad", choices=("auto", "xla", "im2col"), default="auto",
+                 help="the convolutions' backward: auto (im2col on CPU), or force one")
+  p.add_argument("--one", help=argparse.SUPPRESS)  # run one row in this process
+  args = p.parse_args()
+  if args.one:
+    print(json.dumps(run_row(args.one, args.reps, args.conv_grad)), flush=True)
+    return
+  results = []
+  for row in args.rows.split(","):
+    if row not in OFFICIAL:
+      sys.exit(f"bench_vs_official.py: unknown row {row!r}; use some of {','.join(OFFICIAL)}")
+    # A fresh process per row, so that its peak RSS is its own.
+    out = subprocess.run([sys.executable, __file__, "--one", row, "--reps", str(args.reps),
+                          "--conv_grad", args.conv_grad],
+                         capture_output=True, text=True, check=False)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode or not lines:
+      sys.exit(f"bench_vs_official.py: row {row} failed:\n{out.stderr[-3000:]}")
+    results.append(json.loads(lines[-1]))
+    print(lines[-1], flush=True)
+  print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+  main()
