@@ -37,10 +37,11 @@ dimension (else null, with the reason). Writes
   <out>/seed<k>/<arm>/<cell>/sample_0/*.png
   <out>/proxy/                       the proxy weights (trained first unless --proxy_weights)
 
-  python experiments/robustness.py --size cpu --out /tmp/robust     # ~60 min (estimate), idle 2-core CPU
+  python experiments/robustness.py --size cpu --out /tmp/robust     # 124 min measured (shared 2-core CPU)
   python experiments/robustness.py --size gpu --out /data/robust    # <= 8 min, one H100
   python experiments/robustness.py --size micro --out /tmp/robust_micro  # smoke test
   python experiments/robustness.py --size cpu --estimate            # timing run + estimate
+  python experiments/robustness.py --size cpu --out /tmp/robust --rescore  # re-score saved samples
 
 The numbers are PROXY metrics from a network trained by this project on this dataset: they
 compare the models within this experiment and are not comparable to published FID/mIoU.
@@ -78,7 +79,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "micro": dict(base="tiny", image_size=16, train_steps=4, batch_size=8, num_steps=100,
                   respacing="4", n_maps=8, grid_maps=3, sample_batch=8, seeds=2,
                   proxy=dict(steps=30, width=8, num_train=128, batch_size=16)),
-    # About 60 min on an idle 2-core CPU (estimate in docs/reproduction.md): sampling 3 seeds
+    # Measured 124 min on the shared 2-core CPU (about 80 idle; docs/reproduction.md): sampling 3 seeds
     # x 128 maps x (2 x 6 + 3 x 3) cells dominates, so 16 px and the ablation arms on three
     # cells (at 32 px the sampling alone would take ~3 h).
     "cpu": dict(base="demo", image_size=16, train_steps=240, batch_size=8,
@@ -212,6 +213,24 @@ def sample_arm(config, workdir: str, out_root: str, cell_list, *, schedule: str,
   return got
 
 
+def load_arm(config, out_root: str, cell_list) -> dict[str, Any]:
+  """`sample_arm`'s result read back from its PNGs (lossless), for --rescore."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from scdm_jax.inference import label_batches  # pylint: disable=g-import-not-at-top
+  got: dict[str, Any] = {}
+  for name, cond, enc in cell_list:
+    ccfg = condition_config(config, cond, unlabeled_to_zero=(enc == "zero"))
+    labels, images = [], []
+    for maps in label_batches.iter_label_batches(ccfg, int(config.sample.batch_size)):
+      labels.append(np.asarray(maps.label))
+      images.append(np.stack([np.asarray(Image.open(
+          os.path.join(out_root, name, "sample_0", f"{n}.png")).convert("RGB"))
+                              for n in maps.names]))
+    got[name] = (np.concatenate(labels), np.concatenate(images))
+  return got
+
+
 def score_images(seg, images, gt, real_features, num_classes: int, ignore: int
                  ) -> dict[str, Any]:
   """Proxy mIoU (summed confusion), per-map mIoU, and proxy FD where N > feature dim."""
@@ -275,7 +294,9 @@ def write_grid(path: str, grids: dict[str, dict[str, Any]], conditions, models) 
     row = []
     for i in range(labels.shape[0]):
       row.append(label_io.colorize(labels[i], table, unknown_color=(255, 0, 255)))
-      row.extend(grids[m][cond][1][i] for m in models)
+      # An ablation arm not run on this cell: a blank tile.
+      row.extend(grids[m][cond][1][i] if cond in grids[m]
+                 else np.full_like(grids[models[0]][cond][1][i], 255) for m in models)
     rows.append(row)
   image_io.save_png(path, image_io.make_grid(rows))
 
@@ -348,7 +369,8 @@ def write_table(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
 def run(size: str, out: str, *, proxy_weights: str = "", seeds: int | None = None,
         first_seed: int = 0, num_maps: int | None = None, conditions=CONDITIONS,
         encodings=ENCODINGS, arms=tuple(ARMS),
-        unlabeled_share: float = ADE20K_UNLABELED_SHARE) -> dict[str, Any]:
+        unlabeled_share: float = ADE20K_UNLABELED_SHARE,
+        rescore: bool = False) -> dict[str, Any]:
   """The whole experiment; returns ``{"results": ..., "meta": ..., "markdown": ...}``."""
   # The experiment drives the modes directly, as main would (it is a script, not a mode).
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -404,7 +426,8 @@ def run(size: str, out: str, *, proxy_weights: str = "", seeds: int | None = Non
       print(f"[robustness] seed {seed}: training {m} (label_schedule={MODELS[m]!r}, "
             f"{s['train_steps']} steps)", flush=True)
       t = time.time()
-      train_mode.run(config, workdir)
+      if not rescore:
+        train_mode.run(config, workdir)
       phases[f"train_s{seed}_{m}"] = time.time() - t
       for a in arms:
         model, schedule, mode = ARMS[a]
@@ -415,9 +438,12 @@ def run(size: str, out: str, *, proxy_weights: str = "", seeds: int | None = Non
               flush=True)
         arm_cells = [c for c in cell_list if a in ("sdm", "scdm")
                      or c[0] in s.get("ablation_cells", [c[0]])]
-        got = sample_arm(config, workdir, os.path.join(out, f"seed{seed}", a), arm_cells,
-                         schedule=schedule, label_mode=mode,
-                         psi=psi if schedule == "classwise" else None)
+        if rescore:  # the samples of an earlier run, read back
+          got = load_arm(config, os.path.join(out, f"seed{seed}", a), arm_cells)
+        else:
+          got = sample_arm(config, workdir, os.path.join(out, f"seed{seed}", a), arm_cells,
+                           schedule=schedule, label_mode=mode,
+                           psi=psi if schedule == "classwise" else None)
         phases[f"sample_s{seed}_{a}"] = time.time() - t
         if seed == seed_list[0]:
           grids[a] = {c: (v[0][:s["grid_maps"]], v[1][:s["grid_maps"]])
@@ -518,6 +544,9 @@ def main(argv=None) -> int:
   p.add_argument("--unlabeled_share", type=float, default=ADE20K_UNLABELED_SHARE)
   p.add_argument("--estimate", action="store_true",
                  help="time the training step and the sampler and print the estimate")
+  p.add_argument("--rescore", action="store_true",
+                 help="no training or sampling: score the samples an earlier run of the same "
+                      "size left under --out (and write the table and grid)")
   a = p.parse_args(argv)
   split = lambda x: tuple(v for v in x.split(",") if v)
   if a.estimate:
@@ -529,7 +558,7 @@ def main(argv=None) -> int:
         first_seed=a.first_seed, num_maps=a.num_maps or None,
         conditions=split(a.conditions), arms=split(a.arms),
         encodings=("class",) if a.unlabeled_as_class else split(a.encodings),
-        unlabeled_share=a.unlabeled_share)
+        unlabeled_share=a.unlabeled_share, rescore=a.rescore)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

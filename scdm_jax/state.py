@@ -30,6 +30,7 @@ from flax import nnx
 
 from scdm_jax import recipe
 from scdm_jax import sharding
+from scdm_jax.io import host_memory
 from scdm_jax.models.unet import UNet, UNetConfig
 
 
@@ -110,7 +111,10 @@ def create_train_state(config: ml_collections.ConfigDict, mesh, seed: int
   # The values depend only on the seed, not on the backend or the mesh.
   with jax.default_device(jax.local_devices(backend="cpu")[0]):
     host = _init(config, graphs, jax.random.key(seed))
-  return graphs, sharding.device_put_tree(host, shardings), shardings
+  state = sharding.device_put_tree(host, shardings)
+  del host
+  host_memory.release_freed()
+  return graphs, state, shardings
 
 
 def _init(config, graphs: Graphs, seed_key) -> TrainState:

@@ -25,6 +25,7 @@ from scdm_jax import state as state_lib
 from scdm_jax.diffusion import label_diffusion
 from scdm_jax.diffusion import losses
 from scdm_jax.diffusion.gaussian import GaussianDiffusion
+from scdm_jax.io import host_memory
 
 
 def make_train_step(config: ml_collections.ConfigDict, graphs: state_lib.Graphs,
@@ -121,4 +122,21 @@ def compile_train_step(config, graphs, diffusion, label_schedule, mesh, sharding
       state_lib.abstract_with_shardings(abstract_state, shardings), batch).compile()
   logging.info("Compiled the train step in %.1f s (global batch %d, grad_accum %d).",
                time.time() - t0, b, int(config.train.grad_accum))
+  logging.info("%s", memory_note(compiled))
+  host_memory.release_freed()  # the compiler's freed host memory
   return compiled, batch
+
+
+def memory_note(compiled) -> str:
+  """XLA's per-device buffer estimate of a compiled program, as one line."""
+  try:
+    m = compiled.memory_analysis()
+    gib = lambda n: n / 2**30
+    return (f"XLA's per-device estimate for the train step: "
+            f"{gib(m.argument_size_in_bytes):.2f} GiB arguments (state + batch), "
+            f"{gib(m.temp_size_in_bytes):.2f} GiB temporaries (activations for the "
+            f"backward), {gib(m.output_size_in_bytes - m.alias_size_in_bytes):.2f} GiB of "
+            "outputs beyond the donated state.")
+  except Exception:  # pylint: disable=broad-except  (not every backend reports it)
+    return "XLA gave no memory estimate for the train step on this backend."
+
