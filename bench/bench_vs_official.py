@@ -211,7 +211,7 @@ def main():
   p.add_argument("--rows", default=",".join(OFFICIAL))
   p.add_argument("--reps", type=int, default=5)
   p.add_argument("--conv_grad", choices=("auto", "xla", "im2col"), default="auto",
-                 help="the convolutions' backward: auto (im2col on CPU), or force one")
+                 help="the convolutions' backward: auto (XLA's; models/conv.py), or force one")
   p.add_argument("--one", help=argparse.SUPPRESS)  # run one row in this process
   args = p.parse_args()
   if args.one:

@@ -8,9 +8,10 @@ copies. For stride-1 convolutions this module's custom VJP computes
   dW[dy, dx] = x shifted by (dy, dx), as (N x C), transposed @ dy (N x O)   (im2col, per tap)
   dx = conv(dy, W flipped and transposed)   (a plain forward convolution)
 
-which equal XLA's gradients up to float rounding. Other backends (GPU, TPU) keep XLA's own
-gradient, as do strided convolutions. `use_im2col_grad` overrides the choice (benchmarks
-and tests), at trace time.
+which equal XLA's gradients up to float rounding. It is OFF by default (see
+`_im2col_wanted`); `use_im2col_grad(True)` turns it on for the convolutions traced inside
+(benchmarks: `bench/bench_vs_official.py --conv_grad im2col`). Strided convolutions always
+keep XLA's gradient.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ def use_im2col_grad(enabled: bool) -> Iterator[None]:
 
 
 def _im2col_wanted() -> bool:
-  if _OVERRIDE:
-    return _OVERRIDE[-1]
-  return jax.default_backend() == "cpu"
+  # Off unless asked for: under an 8-device FSDP mesh on the CPU, the partitioned products
+  # inside the per-tap scan deadlocked XLA's in-process collectives (tests/test_train.py::
+  # test_one_vs_eight_devices_same_loss), and the whole train step at config S was only
+  # 4 % faster (3.51 -> 3.37 s, within this machine's noise).
+  return bool(_OVERRIDE and _OVERRIDE[-1])
 
 
 def _xla_conv(x, w, stride: int, padding: int):
