@@ -45,9 +45,6 @@ TorchParams = list[tuple[str, nnx.Variable, str]]
 
 # ----------------------------------------------------------------------------- helpers
 
-_torch_uniform = initializers.torch_uniform  # PyTorch's default Conv/Linear init
-
-
 class KeyGen:
   """Hands out parameter-init keys `fold_in(base, i)`, i = 1, 2, ...
 
@@ -71,7 +68,7 @@ class Conv2d(nnx.Module):
   def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
                zero: bool = False, dtype: Any, keys: KeyGen):
     fan_in = in_ch * kernel * kernel
-    init = nnx.initializers.zeros_init() if zero else _torch_uniform(fan_in)
+    init = nnx.initializers.zeros_init() if zero else initializers.torch_uniform(fan_in)
     self.kernel = nnx.Param(init(keys(), (kernel, kernel, in_ch, out_ch), jnp.float32))
     self.bias = nnx.Param(init(keys(), (out_ch,), jnp.float32))
     self.zero_init = zero
@@ -91,7 +88,7 @@ class Dense(nnx.Module):
 
   def __init__(self, in_f: int, out_f: int, *, zero: bool = False, dtype: Any,
                keys: KeyGen):
-    init = nnx.initializers.zeros_init() if zero else _torch_uniform(in_f)
+    init = nnx.initializers.zeros_init() if zero else initializers.torch_uniform(in_f)
     self.kernel = nnx.Param(init(keys(), (in_f, out_f), jnp.float32))
     self.bias = nnx.Param(init(keys(), (out_f,), jnp.float32))
     self.zero_init = zero

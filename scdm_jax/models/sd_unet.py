@@ -50,16 +50,13 @@ def join(prefix: str, name: str) -> str:
 
 # ----------------------------------------------------------------------------- primitives
 
-_uniform = initializers.torch_uniform  # PyTorch's default Conv/Linear init
-
-
 class Conv2d(nnx.Module):
   """2-D conv, NHWC/HWIO, symmetric zero padding `padding`, optional bias."""
 
   def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
                padding: int | None = None, bias: bool = True, dtype: Any,
                param_dtype: Any, keys: KeyGen):
-    init = _uniform(in_ch * kernel * kernel)
+    init = initializers.torch_uniform(in_ch * kernel * kernel)
     self.kernel = nnx.Param(init(keys(), (kernel, kernel, in_ch, out_ch), param_dtype))
     self.bias = nnx.Param(init(keys(), (out_ch,), param_dtype)) if bias else None
     self.stride = stride
@@ -89,7 +86,7 @@ class Linear(nnx.Module):
 
   def __init__(self, in_f: int, out_f: int, *, bias: bool = True, dtype: Any,
                param_dtype: Any, keys: KeyGen, torch_layout: str = LINEAR):
-    init = _uniform(in_f)
+    init = initializers.torch_uniform(in_f)
     self.kernel = nnx.Param(init(keys(), (in_f, out_f), param_dtype))
     self.bias = nnx.Param(init(keys(), (out_f,), param_dtype)) if bias else None
     self.dtype = dtype
