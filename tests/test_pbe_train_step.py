@@ -146,3 +146,28 @@ def test_sd_unet_folder_is_widened_with_zero_slices(pipe, tmp_path):
     pbe_loop.load_sd_unet(_sd_unet_folder(tmp_path, 9), pipe.unet_config)
   with pytest.raises(FileNotFoundError, match="sd_unet"):
     pbe_loop.load_sd_unet(str(tmp_path), pipe.unet_config)
+
+
+def test_grad_accum_averages_the_micro_batch_gradients(pipe):
+  model = pbe_step.PbEModel(pipe.unet, pipe.vae, pipe.image_encoder)
+  graphdef, trainable, frozen = pbe_step.split_model(model)
+  tx = optax.sgd(1.0)  # the update is minus the gradient: compare gradients through it
+  cfg = pbe_step.LossConfig(scaling_factor=pipe.vae_config.scaling_factor, uncond_prob=0.5)
+  abar, batch = _abar(pipe), _batch()
+  st = pbe_step.init_state(trainable, tx, seed=0)
+  before = jax.tree.map(np.array, st.params)
+  step = jax.jit(pbe_step.make_train_step(graphdef, tx, lambda s: 1.0, abar, cfg, accum=2))
+  new, metrics = step(st, frozen, batch)
+  key = jax.random.fold_in(jax.random.wrap_key_data(st.rng), 0)
+
+  def micro(i):
+    mb = {k: v[i::2] for k, v in batch.items()}
+    loss = lambda p: pbe_step.pbe_loss(nnx.merge(graphdef, p, frozen), abar, mb,
+                                       jax.random.fold_in(key, i), cfg)[0]
+    return jax.value_and_grad(loss)(st.params)
+
+  (l0, g0), (l1, g1) = micro(0), micro(1)
+  np.testing.assert_allclose(float(metrics["loss"]), (float(l0) + float(l1)) / 2, rtol=1e-6)
+  want = jax.tree.map(lambda p, a, b: p - (a + b) / 2, before, g0, g1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               nnx.to_pure_dict(new.params), nnx.to_pure_dict(want))

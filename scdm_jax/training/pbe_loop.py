@@ -175,10 +175,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
   mesh = sharding.make_mesh(config.mesh)
-  per_process_batch, _ = sharding.check_global_batch(int(tc.batch_size), mesh, 1)
-  if int(tc.grad_accum) != 1:
-    raise ValueError(f"config.train.grad_accum={tc.grad_accum}: Paint-by-Example training "
-                     "has no gradient accumulation yet; set it to 1.")
+  accum = int(tc.grad_accum)
+  per_process_batch, _ = sharding.check_global_batch(int(tc.batch_size), mesh, accum)
 
   init = init_source(config, workdir, mesh)
   pipe, model = load_model(config, mesh, init)
@@ -223,7 +221,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                  mask_resize=str(pt.mask_resize))
   pbe_step.resize_mask(np.zeros((1, 8, 8, 1), np.float32), (1, 1), loss_cfg.mask_resize)
   step_fn = pbe_step.make_train_step(graphdef, tx, lr_fn, ldm_schedulers.alphas_cumprod(sched),
-                                     loss_cfg)
+                                     loss_cfg, accum, sharding.batch_sharding(mesh))
   s, e = int(pt.image_size), int(pipe.clip_config.image_size)
   batch_abs = pbe_step.batch_spec(per_process_batch * jax.process_count(), s, e,
                                   sharding.batch_sharding(mesh))

@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 from scdm_jax import sharding
+from scdm_jax.training import accumulate
 
 MASK_RESIZES = ("nearest", "bilinear")
 
@@ -122,18 +123,26 @@ def pbe_loss(model: PbEModel, alphas_cumprod: np.ndarray, batch: dict, key,
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, lr_fn,
-                    alphas_cumprod: np.ndarray, cfg: LossConfig):
-  """`train_step(state, frozen, batch) -> (state, metrics)` (not yet jitted)."""
+                    alphas_cumprod: np.ndarray, cfg: LossConfig, accum: int = 1,
+                    batch_sharding=None):
+  """`train_step(state, frozen, batch) -> (state, metrics)` (not yet jitted).
+
+  `accum` > 1 averages the gradient of that many micro-batches (`training/accumulate.py`;
+  `batch_sharding` keeps each one spread over the devices).
+  """
 
   def loss_fn(params, frozen, batch, key):
     model = nnx.merge(graphdef, params, frozen)
     return pbe_loss(model, alphas_cumprod, batch, key, cfg)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  _terms_and_grads = lambda out: (out[0][1], out[1])  # ((loss, terms), grads)
 
   def train_step(st: PbETrainState, frozen, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(st.rng), st.step)
-    (_, terms), grads = grad_fn(st.params, frozen, batch, key)
+    grad_of = lambda mb, k: _terms_and_grads(grad_fn(st.params, frozen, mb, k))
+    terms, grads = accumulate.mean_over_micro_batches(grad_of, batch, key, accum,
+                                                      batch_sharding)
     grad_norm = optax.tree.norm(grads)
     updates, new_opt = tx.update(grads, st.opt, st.params)
     new_params = optax.apply_updates(st.params, updates)

@@ -26,6 +26,7 @@ from scdm_jax.diffusion import label_diffusion
 from scdm_jax.diffusion import losses
 from scdm_jax.diffusion.gaussian import GaussianDiffusion
 from scdm_jax.io import host_memory
+from scdm_jax.training import accumulate
 
 
 def make_train_step(config: ml_collections.ConfigDict, graphs: state_lib.Graphs,
@@ -55,31 +56,13 @@ def make_train_step(config: ml_collections.ConfigDict, graphs: state_lib.Graphs,
     return loss, terms
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  _terms_and_grads = lambda out: (out[0][1], out[1])  # ((loss, terms), grads)
 
   def train_step(st: state_lib.TrainState, batch):
     step = state_lib.step_of(st)
     key = jax.random.fold_in(jax.random.wrap_key_data(st.rng), step)
-    if accum == 1:
-      (_, terms), grads = grad_fn(st.params, batch, key)
-    else:
-      # Micro-batch i takes rows i, i + accum, ...: each micro-batch stays spread over
-      # every device (rows are laid out contiguously per device).
-      def split(x):
-        x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
-        return x
-      micro = jax.tree.map(split, batch)
-
-      def body(carry, inp):
-        i, mb = inp
-        mb = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, batch_sh), mb)
-        (_, t), g = grad_fn(st.params, mb, jax.random.fold_in(key, i))
-        return jax.tree.map(jnp.add, carry, (t, g)), None
-
-      zeros = jax.tree.map(jnp.zeros_like, ({"loss": 0.0, "mse": 0.0, "vb": 0.0}, st.params))
-      zeros = (jax.tree.map(lambda x: jnp.zeros((), jnp.float32), zeros[0]), zeros[1])
-      (terms, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-      terms = jax.tree.map(lambda x: x / accum, terms)
-      grads = jax.tree.map(lambda x: x / accum, grads)
+    grad_of = lambda mb, k: _terms_and_grads(grad_fn(st.params, mb, k))
+    terms, grads = accumulate.mean_over_micro_batches(grad_of, batch, key, accum, batch_sh)
 
     grad_norm = optax.tree.norm(grads)
     model = nnx.merge(graphs.model, st.params)
