@@ -16,7 +16,7 @@ Schema (sections):
              the edge channel) and edge_channel are derived from data (scdm_jax.recipe).
   diffusion  image diffusion (beta_schedule, num_steps), label diffusion (label_schedule,
              psi_path, force_last_linear, ...) and the classifier-free drop rate.
-  optim      AdamW (lr, b1, b2, eps, weight_decay), warmup_steps, grad_clip, ema_decay.
+  optim      AdamW (lr, b1, b2, eps, weight_decay), warmup_steps, cosine_steps, grad_clip, ema_decay.
   train      total_steps, batch_size (GLOBAL, over all devices and hosts), grad_accum,
              cadences (log/sample/checkpoint), retention, seed.
   sample     sampler settings for periodic grids and `--mode sample`.
@@ -136,6 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.eps = 1e-8
   config.optim.weight_decay = 0.0
   config.optim.warmup_steps = 0  # linear warm-up from 0 (0 = constant lr)
+  config.optim.cosine_steps = 0  # > 0: after the warm-up, cosine decay to 0 over this many steps
   config.optim.grad_clip = 0.0  # global-norm clipping (0 = off)
   config.optim.ema_decay = 0.9999
   config.optim.ema_warmup = False  # True: decay min(ema_decay, (1+n)/(10+n)); not in the reference

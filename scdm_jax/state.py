@@ -52,8 +52,12 @@ class Graphs:
 
 
 def lr_schedule(optim: ml_collections.ConfigDict) -> Callable[[Any], Any]:
-  if optim.warmup_steps and optim.warmup_steps > 0:
-    return optax.linear_schedule(0.0, optim.lr, int(optim.warmup_steps))
+  """Linear warm-up from 0 to `lr`, then constant, or with `cosine_steps` > 0 a cosine to 0."""
+  warmup, cosine = int(optim.warmup_steps or 0), int(optim.get("cosine_steps", 0) or 0)
+  if cosine > 0:
+    return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup, warmup + cosine)
+  if warmup > 0:
+    return optax.linear_schedule(0.0, optim.lr, warmup)
   return optax.constant_schedule(optim.lr)
 
 
