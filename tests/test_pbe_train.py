@@ -2,6 +2,11 @@
 
 import os
 import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
 
 from conftest import load_config
 import jax
@@ -14,15 +19,19 @@ from scdm_jax.modes import train
 
 jax.config.update("jax_disable_most_optimizations", True)
 
-PIPE = pathlib.Path(__file__).parent / "fixtures" / "paint_by_example" / "pipeline"
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PIPE = REPO / "tests" / "fixtures" / "paint_by_example" / "pipeline"
+
+
+TINY_FIELDS = {"paint_train.image_size": 32, "data.name": "procedural", "data.image_size": 64,
+               "data.num_examples": 16, "optim.lr": 1e-3, "optim.warmup_steps": 0,
+               "optim.weight_decay": 0.0, "train.batch_size": 8, "train.total_steps": 3,
+               "train.log_every": 1, "train.checkpoint_every": 1, "train.keep_last": 5,
+               "train.async_checkpoint": False}
 
 
 def tiny_pbe(init, **overrides):
-  fields = {"paint_train.init": str(init), "paint_train.image_size": 32,
-            "data.name": "procedural", "data.image_size": 64, "data.num_examples": 16,
-            "optim.lr": 1e-3, "optim.warmup_steps": 0, "optim.weight_decay": 0.0,
-            "train.batch_size": 8, "train.total_steps": 3, "train.log_every": 1,
-            "train.checkpoint_every": 1, "train.keep_last": 5, "train.async_checkpoint": False}
+  fields = dict(TINY_FIELDS, **{"paint_train.init": str(init)})
   fields.update(overrides)
   return load_config("paint_by_example", **fields)
 
@@ -65,3 +74,37 @@ def test_missing_init_and_unknown_task_are_one_line_errors(tmp_path):
     train.run(tiny_pbe(""), str(tmp_path / "a"))
   with pytest.raises(ValueError, match="config.task='pbe'"):
     train.run(tiny_pbe(PIPE, task="pbe"), str(tmp_path / "b"))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_then_resumes(tmp_path):
+  # The real CLI in a subprocess, as a scheduler would run it; SIGTERM once it trains.
+  workdir, log = tmp_path / "term", tmp_path / "term.log"
+  fields = dict(TINY_FIELDS, **{"paint_train.init": str(PIPE), "train.total_steps": 100000,
+                                "train.checkpoint_every": 100000})
+  cmd = [sys.executable, "-m", "scdm_jax.main", "--mode=train",
+         f"--config={REPO / 'configs' / 'paint_by_example.py'}", f"--workdir={workdir}",
+         "--jax_disable_most_optimizations"] + [f"--config.{k}={v}" for k, v in fields.items()]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu")
+  with open(log, "w") as f:
+    proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.time() + 600
+    while time.time() < deadline and not re.search(r"train_loss", log.read_text()):
+      assert proc.poll() is None, log.read_text()[-3000:]
+      time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  text = log.read_text()
+  assert rc == 75, text[-3000:]  # EX_TEMPFAIL: the scheduler should requeue
+  saved = int(re.search(r"Preempted: saved step (\d+)", text).group(1))
+  ck = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"))
+  assert ck.latest_step() == saved >= 1
+  ck.close()
+  # The requeued job carries on from the saved step.
+  summary = train.run(tiny_pbe(PIPE, **{"train.total_steps": saved + 1}), str(workdir))
+  assert summary["start_step"] == saved and summary["step"] == saved + 1
