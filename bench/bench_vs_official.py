@@ -145,7 +145,8 @@ def _compile(row, config, graphs, st, shardings, abstract, schedule, batch, mesh
   return compiled, call
 
 
-def run_row(row: str, reps: int, conv_grad: str = "auto") -> dict:
+def run_row(row: str, reps: int, conv_grad: str = "auto",
+            dense_train_max_classes: int | None = None) -> dict:
   import jax
   import numpy as np
 
@@ -155,6 +156,8 @@ def run_row(row: str, reps: int, conv_grad: str = "auto") -> dict:
   from scdm_jax.models import conv
 
   config = config_for(row)
+  if dense_train_max_classes is not None:
+    config.model.dense_train_max_classes = dense_train_max_classes
   mesh = sharding.make_mesh(config.mesh)
   s, k = int(config.data.image_size), int(config.data.num_classes)
   b = int(config.train.batch_size)
@@ -188,7 +191,8 @@ def run_row(row: str, reps: int, conv_grad: str = "auto") -> dict:
   params_m = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params)) / 1e6
   peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   return {
-      "row": row, "conv_grad": conv_grad, "params_M": round(params_m, 2), "batch": b,
+      "row": row, "conv_grad": conv_grad,
+      "dense_train_max_classes": int(config.model.dense_train_max_classes), "params_M": round(params_m, 2), "batch": b,
       "image_size": s, "num_classes": k, "platform": jax.devices()[0].platform,
       "devices": jax.device_count(),
       "reps": reps, "median_s": round(median, 3), "min_s": round(min(times), 3),
@@ -212,18 +216,23 @@ def main():
   p.add_argument("--reps", type=int, default=5)
   p.add_argument("--conv_grad", choices=("auto", "xla", "im2col"), default="auto",
                  help="the convolutions' backward: auto (XLA's; models/conv.py), or force one")
+  p.add_argument("--dense_train_max_classes", type=int, default=None,
+                 help="override model.dense_train_max_classes (0 = the lookup in training)")
   p.add_argument("--one", help=argparse.SUPPRESS)  # run one row in this process
   args = p.parse_args()
   if args.one:
-    print(json.dumps(run_row(args.one, args.reps, args.conv_grad)), flush=True)
+    print(json.dumps(run_row(args.one, args.reps, args.conv_grad,
+                             args.dense_train_max_classes)), flush=True)
     return
   results = []
   for row in args.rows.split(","):
     if row not in OFFICIAL:
       sys.exit(f"bench_vs_official.py: unknown row {row!r}; use some of {','.join(OFFICIAL)}")
     # A fresh process per row, so that its peak RSS is its own.
+    extra = ([] if args.dense_train_max_classes is None
+             else ["--dense_train_max_classes", str(args.dense_train_max_classes)])
     out = subprocess.run([sys.executable, __file__, "--one", row, "--reps", str(args.reps),
-                          "--conv_grad", args.conv_grad],
+                          "--conv_grad", args.conv_grad] + extra,
                          capture_output=True, text=True, check=False)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode or not lines:

@@ -32,6 +32,8 @@ from scdm_jax.models.unet import UNetConfig
 
 # config.model fields that are derived from config.data; setting them is deprecated.
 DERIVED_MODEL_FIELDS = ("num_classes", "edge_channel")
+# config.model fields the train step reads; they are not part of the network.
+TRAIN_ONLY_MODEL_FIELDS = ("dense_train_max_classes",)
 
 
 def label_channels(config: ml_collections.ConfigDict) -> int:
@@ -47,6 +49,8 @@ def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:
       that contradicts the data, or a model image size that differs from the data's.
   """
   model = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
+  for key in TRAIN_ONLY_MODEL_FIELDS:
+    model.pop(key, None)
   derived = {"num_classes": label_channels(config),
              "edge_channel": bool(config.data.use_instance)}
   for key, want in derived.items():

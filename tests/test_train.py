@@ -246,3 +246,31 @@ def test_model_num_classes_is_derived():
   assert recipe.unet_config(tiny_config(**{"model.num_classes": 9})).num_classes == 9
   with pytest.raises(ValueError, match="config.model.num_classes=12 contradicts"):
     recipe.unet_config(tiny_config(**{"model.num_classes": 12}))
+
+
+def test_dense_spade_conv_in_training_equals_the_lookup():
+  """`model.dense_train_max_classes`: the step differentiates the dense SPADE conv at few
+  classes (no scatter-add for the lookup's gradient) with the lookup's loss and gradient."""
+  mesh = sharding.make_mesh({"data": 8, "fsdp": 1})
+  graphs, st, shardings = state_lib.create_train_state(tiny_config(), mesh, 0)
+  rng = np.random.default_rng(5)
+  bsh = sharding.batch_sharding(mesh)
+  host = {"image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
+          "label": rng.integers(-1, 9, (8, 16, 16)).astype(np.int32)}
+  batch = sharding.device_put_tree(host, {"image": bsh, "label": bsh})
+  out, scatters = {}, {}
+  for n in (0, 100):
+    config = tiny_config(**{"model.dense_train_max_classes": n})
+    step = step_lib.make_train_step(
+        config, graphs, recipe.make_diffusion(config),
+        recipe.make_label_schedule(config, recipe.resolve_psi(config)), mesh)
+    scatters[n] = str(jax.make_jaxpr(step)(st, batch)).count("scatter-add")
+    out[n] = jax.jit(step)(st, batch)
+  assert scatters[0] > scatters[100]
+  (s_lookup, m_lookup), (s_dense, m_dense) = out[0], out[100]
+  np.testing.assert_allclose(float(m_dense["loss"]), float(m_lookup["loss"]), rtol=1e-5)
+  np.testing.assert_allclose(float(m_dense["grad_norm"]), float(m_lookup["grad_norm"]),
+                             rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                       rtol=1e-4, atol=1e-6),
+               s_dense.params, s_lookup.params)

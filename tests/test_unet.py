@@ -65,6 +65,24 @@ def test_onehot_conv3x3_equals_dense_conv():
   np.testing.assert_allclose(np.asarray(got), np.asarray(dense), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k", [7, 60])
+def test_onehot_conv3x3_gradient_equals_dense_conv_gradient(k):
+  rng = np.random.default_rng(1)
+  c_out = 8
+  y = jnp.asarray(_onehot(rng, (2, 6, 7), k))
+  kernel = jnp.asarray(rng.standard_normal((3, 3, k, c_out)).astype(np.float32))
+  bias = jnp.asarray(rng.standard_normal((c_out,)).astype(np.float32))
+  g = jnp.asarray(rng.standard_normal((2, 6, 7, c_out)).astype(np.float32))
+  dense = lambda w, b: jax.lax.conv_general_dilated(
+      y, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+  index = layers.onehot_index(y)
+  lookup = lambda w, b: layers.onehot_conv3x3(index, w, b, k, dtype=jnp.float32)
+  want = jax.vjp(dense, kernel, bias)[1](g)
+  got = jax.jit(lambda w, b: jax.vjp(lookup, w, b)[1](g))(kernel, bias)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
+
+
 def test_lookup_equals_dense_with_edge_channel():
   cfg = dataclasses.replace(TINY, num_classes=6, edge_channel=True)
   params = _random_params(cfg)

@@ -255,12 +255,12 @@ class UNet(nnx.Module):
     """Skip tensors stored by the encoder (18 for the published config)."""
     return self._num_skips
 
-  def _label_inputs(self, cond: jax.Array) -> dict[int, layers.LabelInput]:
+  def _label_inputs(self, cond: jax.Array, lookup: bool) -> dict[int, layers.LabelInput]:
     """The conditioning map at each downsample factor used by a SPADE norm."""
     cfg = self.config
     # Up blocks apply their out_norm after upsampling, at half the factor.
     factors = sorted({self._middle_ds, *self._out_ds, *(s // 2 for s in self._out_ds)} - {0})
-    if cfg.onehot_lookup:
+    if lookup:
       k = cfg.num_onehot
       index = layers.onehot_index(cond[..., :k])
       edge = cond[..., k:].astype(cfg.compute_dtype) if cfg.edge_channel else None
@@ -272,7 +272,8 @@ class UNet(nnx.Module):
     return {s: layers.LabelInput(dense=dense[:, ::s, ::s]) for s in factors}
 
   def __call__(self, x: jax.Array, t: jax.Array, cond: jax.Array, *,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+               deterministic: bool = True, rngs: nnx.Rngs | None = None,
+               onehot_lookup: bool | None = None) -> jax.Array:
     """Predicts (eps, v) from a noisy image.
 
     Args:
@@ -282,11 +283,15 @@ class UNet(nnx.Module):
         then the instance-edge channel when `edge_channel`.
       deterministic: no dropout when True.
       rngs: needs a "dropout" stream when dropout > 0 and not deterministic.
+      onehot_lookup: False forces the dense first SPADE conv for this call (the train
+        step does so at few classes, where it is the faster one to differentiate);
+        None = `config.onehot_lookup`. The result is the same up to float rounding.
 
     Returns:
       (B, H, W, out_channels) float32.
     """
     cfg = self.config
+    lookup = cfg.onehot_lookup if onehot_lookup is None else cfg.onehot_lookup and onehot_lookup
     if cond.shape[-1] != cfg.num_classes:
       raise ValueError(f"UNet: cond has {cond.shape[-1]} channels, the config says "
                        f"num_classes={cfg.num_classes}")
@@ -312,7 +317,7 @@ class UNet(nnx.Module):
     dt = cfg.compute_dtype
     emb = layers.timestep_embedding(t, cfg.model_channels)
     emb = self.time_embed_2(jax.nn.silu(self.time_embed_0(emb)))
-    segs = self._label_inputs(cond)
+    segs = self._label_inputs(cond, lookup)
 
     h = x.astype(dt)
     hs = []

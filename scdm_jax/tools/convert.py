@@ -119,6 +119,8 @@ def _config_from_file(path: str):
                        "`data` section (start from configs/default.py)")
     ucfg = recipe.unet_config(cfg)  # a project preset: label channels come from data
   else:
+    for key in recipe.TRAIN_ONLY_MODEL_FIELDS:
+      model.pop(key, None)
     ucfg = UNetConfig(**model)  # a config that spells the model out
   num_classes = (int(data.num_classes) if data is not None and "num_classes" in data
                  else ucfg.num_onehot)

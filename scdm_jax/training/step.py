@@ -42,14 +42,19 @@ def make_train_step(config: ml_collections.ConfigDict, graphs: state_lib.Graphs,
   k = int(config.data.num_classes)
   batch_sh = sharding.batch_sharding(mesh)
 
+  # At few classes the one-hot lookup's backward (a scatter-add) costs more than the dense
+  # conv's, so the step differentiates the dense conv (docs/performance.md); same result.
+  lookup = None if k > int(config.model.get("dense_train_max_classes", 0)) else False
+
   def loss_fn(params, batch, key):
     model = nnx.merge(graphs.model, params)
     drop_key, loss_key = jax.random.split(key)
     if dropout > 0:
       rngs = nnx.Rngs(dropout=drop_key)
-      apply = lambda x, t, c: model(x, t, c, deterministic=False, rngs=rngs)
+      apply = lambda x, t, c: model(x, t, c, deterministic=False, rngs=rngs,
+                                    onehot_lookup=lookup)
     else:
-      apply = lambda x, t, c: model(x, t, c)
+      apply = lambda x, t, c: model(x, t, c, onehot_lookup=lookup)
     loss, aux = losses.scdm_loss(apply, diffusion, label_schedule, batch, loss_key,
                                  drop_rate=drop_rate, num_label_channels=k)
     terms = {"loss": loss, "mse": jnp.mean(aux["mse"]), "vb": jnp.mean(aux["vb"])}
