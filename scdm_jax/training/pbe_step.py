@@ -140,7 +140,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_fn,
 
   def train_step(st: PbETrainState, frozen, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(st.rng), st.step)
-    grad_of = lambda mb, k: _terms_and_grads(grad_fn(st.params, frozen, mb, k))
+    grad_of = lambda mb, key_: _terms_and_grads(grad_fn(st.params, frozen, mb, key_))
     terms, grads = accumulate.mean_over_micro_batches(grad_of, batch, key, accum,
                                                       batch_sharding)
     grad_norm = optax.tree.norm(grads)

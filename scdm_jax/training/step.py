@@ -66,7 +66,7 @@ def make_train_step(config: ml_collections.ConfigDict, graphs: state_lib.Graphs,
   def train_step(st: state_lib.TrainState, batch):
     step = state_lib.step_of(st)
     key = jax.random.fold_in(jax.random.wrap_key_data(st.rng), step)
-    grad_of = lambda mb, k: _terms_and_grads(grad_fn(st.params, mb, k))
+    grad_of = lambda mb, key_: _terms_and_grads(grad_fn(st.params, mb, key_))
     terms, grads = accumulate.mean_over_micro_batches(grad_of, batch, key, accum, batch_sh)
 
     grad_norm = optax.tree.norm(grads)
