@@ -23,6 +23,27 @@ import pytest  # noqa: E402
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
+def sigterm_once_training(cmd, env, log: pathlib.Path, timeout: float = 600) -> tuple[int, str]:
+  """Runs `cmd`, sends SIGTERM once its log shows a train_loss; returns (status, log text)."""
+  import re
+  import signal
+  import subprocess
+  import time
+  with open(log, "w") as f:
+    proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not re.search(r"train_loss", log.read_text()):
+      assert proc.poll() is None, log.read_text()[-3000:]
+      time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return rc, log.read_text()
+
+
 @pytest.fixture
 def fixtures_dir() -> pathlib.Path:
   return FIXTURES

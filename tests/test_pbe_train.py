@@ -3,12 +3,10 @@
 import os
 import pathlib
 import re
-import signal
-import subprocess
 import sys
-import time
 
 from conftest import load_config
+from conftest import sigterm_once_training
 import jax
 import numpy as np
 import pytest
@@ -87,19 +85,7 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path):
          "--jax_disable_most_optimizations"] + [f"--config.{k}={v}" for k, v in fields.items()]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              JAX_PLATFORMS="cpu")
-  with open(log, "w") as f:
-    proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-  try:
-    deadline = time.time() + 600
-    while time.time() < deadline and not re.search(r"train_loss", log.read_text()):
-      assert proc.poll() is None, log.read_text()[-3000:]
-      time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=300)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  text = log.read_text()
+  rc, text = sigterm_once_training(cmd, env, log)
   assert rc == 75, text[-3000:]  # EX_TEMPFAIL: the scheduler should requeue
   saved = int(re.search(r"Preempted: saved step (\d+)", text).group(1))
   ck = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"))

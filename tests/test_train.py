@@ -14,6 +14,7 @@ import sys
 import time
 
 from conftest import load_config
+from conftest import sigterm_once_training
 import jax
 import numpy as np
 import pytest
@@ -176,26 +177,10 @@ def test_kill9_then_resume_loses_at_most_uncheckpointed_steps(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_and_exits(tmp_path):
   workdir = tmp_path / "term"
-  log = tmp_path / "term.log"
-  with open(log, "w") as f:
-    proc = subprocess.Popen(
-        _main_cmd(workdir, "--config.train.total_steps=100000",
-                  "--config.train.checkpoint_every=100000", "--config.train.log_every=1"),
-        env=_env(1), stdout=f, stderr=subprocess.STDOUT)
-  try:
-    deadline = time.time() + 600
-    while time.time() < deadline:
-      text = log.read_text()
-      if re.search(r"train_loss", text):
-        break
-      assert proc.poll() is None, text[-3000:]
-      time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=300)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  text = log.read_text()
+  rc, text = sigterm_once_training(
+      _main_cmd(workdir, "--config.train.total_steps=100000",
+                "--config.train.checkpoint_every=100000", "--config.train.log_every=1"),
+      _env(1), tmp_path / "term.log")
   assert rc == 75, text[-3000:]  # EX_TEMPFAIL: the scheduler should requeue
   assert "Preempted: saved step" in text
   steps = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
