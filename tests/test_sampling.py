@@ -105,6 +105,27 @@ def test_cfg_formula_and_variance_from_conditional_half():
   np.testing.assert_array_equal(guided_model_output(toy_model, x, t, COND, 1.0, 3), oc)
 
 
+def test_a_model_with_its_own_guided_pair_is_called_through_it():
+  calls = []
+
+  class Model:
+    def __call__(self, x, t, c):
+      calls.append("call")
+      return toy_model(x, t, c)
+
+    def with_unconditional(self, x, t, c):
+      calls.append("pair")
+      return toy_model(x, t, c), toy_model(x, t, jnp.zeros_like(c))
+
+  x = RNG.normal(size=(B, H, W, 3)).astype(np.float32)
+  t = jnp.array([960, 960], jnp.int32)
+  got = guided_model_output(Model(), x, t, COND, 1.5, 3)
+  np.testing.assert_allclose(got, guided_model_output(toy_model, x, t, COND, 1.5, 3),
+                             rtol=1e-6, atol=1e-6)
+  guided_model_output(Model(), x, t, COND, 1.0, 3)  # no guidance: one plain call
+  assert calls == ["pair", "call"]
+
+
 # ---------------------------------------------------------------- progress and determinism
 
 def test_progress_callback_and_determinism():

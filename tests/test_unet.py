@@ -99,6 +99,28 @@ def test_lookup_equals_dense_with_edge_channel():
   np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max())
 
 
+@pytest.mark.parametrize("lookup,edge", [(True, False), (False, False), (True, True)])
+def test_with_unconditional_equals_the_doubled_batch(lookup, edge):
+  """The guided pair shares the encoder and computes the all-zero map's SPADE modulation
+  once; it must equal one call on [cond, zeros]."""
+  cfg = dataclasses.replace(TINY, num_classes=6, edge_channel=edge, onehot_lookup=lookup)
+  model = torch_import.unet_from_params(cfg, _random_params(cfg))
+  x, _, rng = _inputs(cfg, b=3)
+  t = jnp.array([3, 500, 917], jnp.int32)
+  label = _onehot(rng, (3, 8, 8), cfg.num_onehot)
+  cond = np.concatenate([label, (rng.random((3, 8, 8, 1)) < 0.3).astype(np.float32)], -1) \
+      if edge else label
+  graphdef, state = nnx.split(model)
+  pair = jax.jit(lambda s, *a: nnx.merge(graphdef, s).with_unconditional(*a))
+  got_c, got_u = pair(state, x, t, cond)
+  want = np.asarray(_apply(model, np.concatenate([x, x]), np.concatenate([t, t]),
+                           np.concatenate([cond, np.zeros_like(cond)])))
+  assert np.abs(want[3:]).max() > 0.1 and np.abs(want[:3] - want[3:]).max() > 0.1
+  tol = 1e-5 * np.abs(want).max()
+  np.testing.assert_allclose(np.asarray(got_c), want[:3], rtol=0, atol=tol)
+  np.testing.assert_allclose(np.asarray(got_u), want[3:], rtol=0, atol=tol)
+
+
 @pytest.mark.parametrize("num_classes,expected", [
     (151, 660_608_518),  # ADE20K
     (20, 653_062_918),  # CelebAMask-HQ (19 classes + edge)

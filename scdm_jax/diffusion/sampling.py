@@ -70,14 +70,19 @@ def guided_model_output(model_apply: ModelApply, x, t_orig, cond, guidance_scale
   s == 1: one call on (x, t, cond). s > 1: one call on the batch doubled as
   [cond, zeros] (the unconditional branch is the all-zero conditioning: absorbed label
   and zero edge), eps = eps_u + s (eps_c - eps_u); the variance channels come from the
-  conditional half.
+  conditional half. A model with a `with_unconditional(x, t, cond) -> (out_c, out_u)`
+  method (the UNet) is called through it instead.
   """
   if guidance_scale == 1.0:
     return model_apply(x, t_orig, cond)
   b = x.shape[0]
-  out = model_apply(jnp.concatenate([x, x], 0), jnp.concatenate([t_orig, t_orig], 0),
-                    jnp.concatenate([cond, jnp.zeros_like(cond)], 0))
-  out_c, out_u = out[:b], out[b:]
+  if hasattr(model_apply, "with_unconditional"):
+    # The model computes both halves itself, sharing what does not see the map (the UNet).
+    out_c, out_u = model_apply.with_unconditional(x, t_orig, cond)
+  else:
+    out = model_apply(jnp.concatenate([x, x], 0), jnp.concatenate([t_orig, t_orig], 0),
+                      jnp.concatenate([cond, jnp.zeros_like(cond)], 0))
+    out_c, out_u = out[:b], out[b:]
   c = image_channels
   eps = out_u[..., :c] + guidance_scale * (out_c[..., :c] - out_u[..., :c])
   return jnp.concatenate([eps, out_c[..., c:]], axis=-1)

@@ -18,8 +18,10 @@ parameters from keys derived from the UNet's `rngs` (see `KeyGen`), so `nnx.eval
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -170,7 +172,10 @@ def dropout(x: Array, rate: float, key: Array | None) -> Array:
 
 # ------------------------------------------------------------------ label conditioning
 
-class LabelInput(NamedTuple):
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["dense", "index", "edge"],
+                   meta_fields=["unconditional"])  # a static count, also under nnx.remat
+@dataclasses.dataclass(frozen=True)
+class LabelInput:
   """The conditioning map at one feature resolution (nearest, top-left pixel of blocks).
 
   Exactly one of `dense` / `index` is set:
@@ -179,11 +184,15 @@ class LabelInput(NamedTuple):
       (= number of one-hot channels) for an all-zero pixel (one-hot lookup).
     edge: (B, h, w, 1) the instance-edge channel when the lookup is used with an edge
       channel (it is not one-hot, so it gets a dense 1-channel conv), else None.
+    unconditional: n >= 0 more rows of the features after those B, whose map is all
+      zero (the unconditional half of classifier-free guidance): a SPADE norm computes
+      their modulation once for all of them instead of per row.
   """
 
   dense: Array | None = None
   index: Array | None = None
   edge: Array | None = None
+  unconditional: int = 0
 
 
 def onehot_index(labels: Array) -> Array:
@@ -271,12 +280,33 @@ class SPADEGroupNorm(nnx.Module):
           dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return out
 
+  def _gamma_beta(self, actv: Array) -> tuple[Array, Array]:
+    # mlp_gamma and mlp_beta read the same input: one conv with both kernels side by side
+    # is one larger product instead of two (the same maths, per output channel).
+    kernel = jnp.concatenate([self.mlp_gamma.kernel[...], self.mlp_beta.kernel[...]], -1)
+    bias = jnp.concatenate([self.mlp_gamma.bias[...], self.mlp_beta.bias[...]])
+    out = conv_ops.conv2d(actv, kernel.astype(self.dtype), padding=1) + bias.astype(self.dtype)
+    return jnp.split(out, 2, axis=-1)
+
+  def _unconditional_gamma_beta(self, h: int, w: int) -> tuple[Array, Array]:
+    """gamma, beta (1, h, w, C) of the all-zero map: the first conv of zeros is its bias
+    everywhere (the lookup agrees), so one row serves every unconditional row."""
+    shared = self.mlp_shared.bias[...].astype(self.dtype)
+    actv = jnp.broadcast_to(jax.nn.relu(shared), (1, h, w, shared.shape[-1]))
+    return self._gamma_beta(actv)
+
   def __call__(self, x: Array, seg: LabelInput) -> Array:
     h = group_norm(x, None, None).astype(self.dtype)
-    actv = jax.nn.relu(self._shared(seg))
-    gamma = self.mlp_gamma(actv)
-    beta = self.mlp_beta(actv)
-    return h * (1 + gamma) + beta
+    n_u = seg.unconditional
+    n_c = x.shape[0] - n_u
+    parts = []
+    if n_c:
+      gamma, beta = self._gamma_beta(jax.nn.relu(self._shared(seg)))
+      parts.append(h[:n_c] * (1 + gamma) + beta)
+    if n_u:
+      gamma, beta = self._unconditional_gamma_beta(x.shape[1], x.shape[2])
+      parts.append(h[n_c:] * (1 + gamma) + beta)
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
 
   def torch_params(self, prefix: str) -> TorchParams:
     return (_conv_torch(f"{prefix}.mlp_shared.0", self.mlp_shared)
