@@ -20,7 +20,6 @@ and only at low load (`load_avg_1m` is in each row).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -107,7 +106,8 @@ def _time(fn, reps: int) -> list[float]:
 
 
 def _compile(row, config, graphs, st, shardings, abstract, schedule, batch, mesh):
-  """The row's compiled program and a function that runs it once."""
+  """The row's compiled program, a function that runs it once, and how many times the
+  program runs its loop body (XLA's cost analysis counts a loop body once)."""
   import jax
   from flax import nnx
   from scdm_jax import recipe
@@ -116,6 +116,7 @@ def _compile(row, config, graphs, st, shardings, abstract, schedule, batch, mesh
   from scdm_jax.training import step as step_lib
 
   k, b = int(config.data.num_classes), int(config.train.batch_size)
+  loop_trips = 1
   if row.endswith("_train"):
     compiled, _ = step_lib.compile_train_step(config, graphs, recipe.make_diffusion(config),
                                               schedule, mesh, shardings, abstract, b)
@@ -135,14 +136,15 @@ def _compile(row, config, graphs, st, shardings, abstract, schedule, batch, mesh
     def call():
       jax.block_until_ready(compiled(st.params, batch["image"], cond, t))
   else:
-    fn, _ = sampler.make_sample_fn(config, graphs, mesh, shardings.params, schedule)
+    fn, diffusion = sampler.make_sample_fn(config, graphs, mesh, shardings.params, schedule)
+    loop_trips = diffusion.num_timesteps  # the chain is one scan of the network
     labels = {"label": batch["label"]}
     key = jax.random.key(0)
     compiled = fn.lower(st.ema, labels, key).compile()
 
     def call():
       jax.block_until_ready(compiled(st.ema, labels, key))
-  return compiled, call
+  return compiled, call, loop_trips
 
 
 def run_row(row: str, reps: int, conv_grad: str = "auto",
@@ -153,9 +155,9 @@ def run_row(row: str, reps: int, conv_grad: str = "auto",
   sys.path.insert(0, str(REPO))
   from scdm_jax import recipe, sharding
   from scdm_jax import state as state_lib
-  from scdm_jax.models import conv
 
   config = config_for(row)
+  config.train.conv_weight_grad = conv_grad
   if dense_train_max_classes is not None:
     config.model.dense_train_max_classes = dense_train_max_classes
   mesh = sharding.make_mesh(config.mesh)
@@ -175,17 +177,15 @@ def run_row(row: str, reps: int, conv_grad: str = "auto",
   _, abstract = state_lib.graphs_and_abstract(config)
 
   t0 = time.perf_counter()
-  override = (contextlib.nullcontext() if conv_grad == "auto"
-              else conv.use_im2col_grad(conv_grad == "im2col"))
-  with override:
-    compiled, call = _compile(row, config, graphs, st, shardings, abstract, schedule, batch,
-                              mesh)
+  compiled, call, loop_trips = _compile(row, config, graphs, st, shardings, abstract,
+                                        schedule, batch, mesh)
   compile_s = time.perf_counter() - t0
 
   rss_compiled_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   call()  # warm-up
   times = _time(call, reps)
   flops = _flops(compiled)
+  flops = flops * loop_trips if flops else None
   median = statistics.median(times)
   official = OFFICIAL[row]
   params_m = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params)) / 1e6
@@ -214,8 +214,8 @@ def main():
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--rows", default=",".join(OFFICIAL))
   p.add_argument("--reps", type=int, default=5)
-  p.add_argument("--conv_grad", choices=("auto", "xla", "im2col"), default="auto",
-                 help="the convolutions' backward: auto (XLA's; models/conv.py), or force one")
+  p.add_argument("--conv_grad", choices=("auto", "xla", "taps"), default="auto",
+                 help="train.conv_weight_grad: auto (models/conv.py), xla or taps")
   p.add_argument("--dense_train_max_classes", type=int, default=None,
                  help="override model.dense_train_max_classes (0 = the lookup in training)")
   p.add_argument("--one", help=argparse.SUPPRESS)  # run one row in this process

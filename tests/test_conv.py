@@ -1,4 +1,4 @@
-"""The convolution with the im2col weight gradient equals XLA's convolution and gradient."""
+"""The convolution with the per-tap weight gradient equals XLA's convolution and gradient."""
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +15,7 @@ def _xla(x, w, stride, padding):
 
 @pytest.mark.parametrize("kernel,padding,shape,out", [
     (3, 1, (2, 8, 8, 5), 7), (1, 0, (2, 6, 6, 4), 3), (3, 0, (1, 9, 7, 3), 2),
-    (3, 1, (3, 5, 5, 16), 16)])
+    (3, 1, (3, 5, 5, 16), 16), (3, 1, (2, 4, 4, 128), 6)])
 def test_values_and_gradients_equal_xla(kernel, padding, shape, out):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -58,3 +58,14 @@ def test_strided_and_overridden_convs_use_xla():
     plain = jax.make_jaxpr(lambda x, w: conv.conv2d(x, w, padding=1))(x, w)
   assert "custom_vjp" not in str(strided) and "custom_vjp" not in str(plain)
   assert "custom_vjp" in str(s1)
+
+
+def test_cpu_default_is_by_input_channels():
+  """Without an override the per-tap gradient serves 128 or more input channels (on the
+  CPU, where it is the faster one there) and XLA's gradient the rest."""
+  w_of = lambda c: jnp.ones((3, 3, c, 4))
+  jaxpr = lambda c: str(jax.make_jaxpr(lambda x, w: conv.conv2d(x, w, padding=1))(
+      jnp.ones((1, 6, 6, c)), w_of(c)))
+  assert jax.default_backend() == "cpu"
+  assert "custom_vjp" in jaxpr(conv.MIN_INPUT_CHANNELS)
+  assert "custom_vjp" not in jaxpr(conv.MIN_INPUT_CHANNELS // 2)

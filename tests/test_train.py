@@ -259,3 +259,32 @@ def test_dense_spade_conv_in_training_equals_the_lookup():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
                                                        rtol=1e-4, atol=1e-6),
                s_dense.params, s_lookup.params)
+
+
+def test_conv_weight_grad_setting_switches_the_backward_with_the_same_step():
+  """`train.conv_weight_grad`: "auto" on the CPU takes the per-tap weight gradient for the
+  SPADE gamma/beta convs (128 input channels), "xla" keeps XLA's; same loss and update."""
+  mesh = sharding.make_mesh({"data": 8, "fsdp": 1})
+  graphs, st, _ = state_lib.create_train_state(tiny_config(), mesh, 0)
+  rng = np.random.default_rng(6)
+  bsh = sharding.batch_sharding(mesh)
+  host = {"image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
+          "label": rng.integers(-1, 9, (8, 16, 16)).astype(np.int32)}
+  batch = sharding.device_put_tree(host, {"image": bsh, "label": bsh})
+  out, dots = {}, {}
+  for name in ("auto", "xla"):
+    config = tiny_config(**{"train.conv_weight_grad": name})
+    step = step_lib.make_train_step(
+        config, graphs, recipe.make_diffusion(config),
+        recipe.make_label_schedule(config, recipe.resolve_psi(config)), mesh)
+    dots[name] = str(jax.make_jaxpr(step)(st, batch)).count("dot_general")
+    out[name] = jax.jit(step)(st, batch)
+  assert dots["auto"] > dots["xla"]  # the per-tap products
+  np.testing.assert_allclose(float(out["auto"][1]["loss"]), float(out["xla"][1]["loss"]),
+                             rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                       rtol=1e-4, atol=1e-6),
+               out["auto"][0].params, out["xla"][0].params)
+  with pytest.raises(ValueError, match="train.conv_weight_grad='fast' is unknown"):
+    step_lib.make_train_step(tiny_config(**{"train.conv_weight_grad": "fast"}), graphs,
+                             recipe.make_diffusion(config), None, mesh)

@@ -1,17 +1,18 @@
-"""2-D convolution (NHWC/HWIO) whose backward pass is fast on XLA's CPU backend.
+"""2-D convolution (NHWC/HWIO) whose weight gradient is fast on XLA's CPU backend.
 
-On the CPU, XLA lowers the weight gradient of a convolution to a convolution over the batch
-and spatial axes that runs 2 to 5 times slower than the forward (measured on 3x3 convs of
-the SCDM UNet's sizes), and the input gradient to a transposed convolution with layout
-copies. For stride-1 convolutions this module's custom VJP computes
+On the CPU, XLA lowers the weight gradient of a convolution with 128 or more input channels
+(every SPADE gamma/beta conv reads the 128-channel hidden map) to a program that runs 2 to
+3.5 times slower than the forward. For such stride-1 convolutions this module's custom VJP
+computes
 
-  dW[dy, dx] = x shifted by (dy, dx), as (N x C), transposed @ dy (N x O)   (im2col, per tap)
-  dx = conv(dy, W flipped and transposed)   (a plain forward convolution)
+  dW[dy, dx] = (x shifted by (dy, dx), as N x C) transposed @ dy (N x O)   (one product a tap)
+  dx = conv(dy, W flipped and transposed)   (a plain forward convolution, as XLA's)
 
-which equal XLA's gradients up to float rounding. It is OFF by default (see
-`_im2col_wanted`); `use_im2col_grad(True)` turns it on for the convolutions traced inside
-(benchmarks: `bench/bench_vs_official.py --conv_grad im2col`). Strided convolutions always
-keep XLA's gradient.
+which equal XLA's gradients up to float rounding. Measured per convolution (fp32, batch 16
+at 32 px, 2 cores): 128 -> 192 channels 78 against 178 ms, 128 -> 64 64 against 70 ms; at
+96 or 64 input channels XLA's own gradient is the faster one, so those keep it (`_wanted`).
+Other backends and strided convolutions always keep XLA's gradient. `use_im2col_grad`
+forces the choice for the convolutions traced inside (tests; the bench's `--conv_grad`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import jax.numpy as jnp
 
 _DN = ("NHWC", "HWIO", "NHWC")
 _OVERRIDE: list[bool] = []
+# From this many input channels on, the per-tap weight gradient beats XLA's on the CPU.
+MIN_INPUT_CHANNELS = 128
 
 
 @contextlib.contextmanager
 def use_im2col_grad(enabled: bool) -> Iterator[None]:
-  """Forces (or forbids) the im2col weight gradient for convolutions traced inside."""
+  """Forces (or forbids) the per-tap weight gradient for convolutions traced inside."""
   _OVERRIDE.append(bool(enabled))
   try:
     yield
@@ -37,12 +40,10 @@ def use_im2col_grad(enabled: bool) -> Iterator[None]:
     _OVERRIDE.pop()
 
 
-def _im2col_wanted() -> bool:
-  # Off unless asked for: under an 8-device FSDP mesh on the CPU, the partitioned products
-  # inside the per-tap scan deadlocked XLA's in-process collectives (tests/test_train.py::
-  # test_one_vs_eight_devices_same_loss), and the whole train step at config S was only
-  # 4 % faster (3.51 -> 3.37 s, within this machine's noise).
-  return bool(_OVERRIDE and _OVERRIDE[-1])
+def _wanted(in_channels: int) -> bool:
+  if _OVERRIDE:
+    return _OVERRIDE[-1]
+  return jax.default_backend() == "cpu" and in_channels >= MIN_INPUT_CHANNELS
 
 
 def _xla_conv(x, w, stride: int, padding: int):
@@ -52,7 +53,7 @@ def _xla_conv(x, w, stride: int, padding: int):
 
 def conv2d(x: jax.Array, w: jax.Array, *, stride: int = 1, padding: int = 0) -> jax.Array:
   """`conv(x, w)` with symmetric zero padding; x (B, H, W, C), w (kh, kw, C, O)."""
-  if stride == 1 and _im2col_wanted():
+  if stride == 1 and _wanted(x.shape[-1]):
     return _conv_s1(x, w, padding)
   return _xla_conv(x, w, stride, padding)
 
@@ -60,21 +61,17 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int = 1, padding: int = 0) -> 
 def _weight_grad(x, g, kh: int, kw: int, padding: int):
   """dW (kh, kw, C, O) in float32: one (C x N) @ (N x O) product per tap.
 
-  Per tap rather than one product of the full im2col matrix: the same FLOPs, and only one
-  shifted copy of x is alive at a time (the full patch matrix is kh*kw times x).
+  Written as `shifted.T @ g`, the form XLA's CPU backend runs fastest (a dot_general
+  contracting axis 0, or a scan over the taps, is slower in the whole train step).
   """
   b, h, w_, o = g.shape
   c = x.shape[-1]
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   g2 = g.reshape(-1, o)
-
-  def tap(_, i):
-    shifted = jax.lax.dynamic_slice(xp, (0, i // kw, i % kw, 0), (b, h, w_, c))
-    return None, jax.lax.dot_general(shifted.reshape(-1, c), g2, (((0,), (0,)), ((), ())),
-                                     preferred_element_type=jnp.float32)
-  # A scan, so that XLA cannot schedule all the shifted copies of x at once.
-  _, taps = jax.lax.scan(tap, None, jnp.arange(kh * kw))
-  return taps.reshape(kh, kw, c, o)
+  taps = [jnp.dot(xp[:, dy:dy + h, dx:dx + w_, :].reshape(-1, c).T, g2,
+                  preferred_element_type=jnp.float32)
+          for dy in range(kh) for dx in range(kw)]
+  return jnp.stack(taps).reshape(kh, kw, c, o)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

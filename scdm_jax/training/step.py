@@ -11,6 +11,7 @@ the same program, is served by jax's persistent compilation cache when it is con
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from absl import logging
@@ -26,6 +27,7 @@ from scdm_jax.diffusion import label_diffusion
 from scdm_jax.diffusion import losses
 from scdm_jax.diffusion.gaussian import GaussianDiffusion
 from scdm_jax.io import host_memory
+from scdm_jax.models import conv
 from scdm_jax.training import accumulate
 
 
@@ -45,8 +47,13 @@ def make_train_step(config: ml_collections.ConfigDict, graphs: state_lib.Graphs,
   # At few classes the one-hot lookup's backward (a scatter-add) costs more than the dense
   # conv's, so the step differentiates the dense conv (docs/performance.md); same result.
   lookup = None if k > int(config.model.get("dense_train_max_classes", 0)) else False
+  conv_grad = _conv_grad_choice(config.train.get("conv_weight_grad", "auto"))
 
   def loss_fn(params, batch, key):
+    with conv_grad:  # a trace-time choice of the convolutions' backward
+      return _loss(params, batch, key)
+
+  def _loss(params, batch, key):
     model = nnx.merge(graphs.model, params)
     drop_key, loss_key = jax.random.split(key)
     if dropout > 0:
@@ -89,6 +96,16 @@ def make_train_step(config: ml_collections.ConfigDict, graphs: state_lib.Graphs,
     return new_state, metrics
 
   return train_step
+
+
+CONV_WEIGHT_GRADS = ("auto", "xla", "taps")
+
+
+def _conv_grad_choice(name: str):
+  if name not in CONV_WEIGHT_GRADS:
+    raise ValueError(f"train.conv_weight_grad={name!r} is unknown; use one of "
+                     f"{', '.join(CONV_WEIGHT_GRADS)}")
+  return contextlib.nullcontext() if name == "auto" else conv.use_im2col_grad(name == "taps")
 
 
 def compile_train_step(config, graphs, diffusion, label_schedule, mesh, shardings,
