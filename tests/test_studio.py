@@ -74,8 +74,9 @@ def _start(export: pathlib.Path, *overrides: str):
   """Starts `--mode serve` on a free port; returns (process, base URL)."""
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   # One device is all the studio uses; drop the tests' 8 forced host devices.
-  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
-      "--xla_force_host_platform_device_count=8", "")
+  flags = env.pop("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+  if flags.strip():  # XLA reads a lone blank as a file name
+    env["XLA_FLAGS"] = flags.strip()
   proc = subprocess.Popen(
       [sys.executable, "-m", "scdm_jax.main", "--mode", "serve", "--config",
        str(ROOT / "configs" / "tiny.py"), f"--config.serve.checkpoint={export}",
