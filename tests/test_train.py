@@ -233,58 +233,49 @@ def test_model_num_classes_is_derived():
     recipe.unet_config(tiny_config(**{"model.num_classes": 12}))
 
 
-def test_dense_spade_conv_in_training_equals_the_lookup():
-  """`model.dense_train_max_classes`: the step differentiates the dense SPADE conv at few
-  classes (no scatter-add for the lookup's gradient) with the lookup's loss and gradient."""
+def _steps_by_setting(key: str, values, seed: int):
+  """For each value of config `key`: (the step's jaxpr text, its jitted result) on one
+  8-device state and batch."""
   mesh = sharding.make_mesh({"data": 8, "fsdp": 1})
-  graphs, st, shardings = state_lib.create_train_state(tiny_config(), mesh, 0)
-  rng = np.random.default_rng(5)
+  graphs, st, _ = state_lib.create_train_state(tiny_config(), mesh, 0)
+  rng = np.random.default_rng(seed)
   bsh = sharding.batch_sharding(mesh)
   host = {"image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
           "label": rng.integers(-1, 9, (8, 16, 16)).astype(np.int32)}
   batch = sharding.device_put_tree(host, {"image": bsh, "label": bsh})
-  out, scatters = {}, {}
-  for n in (0, 100):
-    config = tiny_config(**{"model.dense_train_max_classes": n})
+  out = {}
+  for value in values:
+    config = tiny_config(**{key: value})
     step = step_lib.make_train_step(
         config, graphs, recipe.make_diffusion(config),
         recipe.make_label_schedule(config, recipe.resolve_psi(config)), mesh)
-    scatters[n] = str(jax.make_jaxpr(step)(st, batch)).count("scatter-add")
-    out[n] = jax.jit(step)(st, batch)
-  assert scatters[0] > scatters[100]
-  (s_lookup, m_lookup), (s_dense, m_dense) = out[0], out[100]
-  np.testing.assert_allclose(float(m_dense["loss"]), float(m_lookup["loss"]), rtol=1e-5)
-  np.testing.assert_allclose(float(m_dense["grad_norm"]), float(m_lookup["grad_norm"]),
-                             rtol=1e-4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+    out[value] = (str(jax.make_jaxpr(step)(st, batch)), jax.jit(step)(st, batch))
+  return out, graphs, mesh
+
+
+def _same_step(a, b, loss_rtol):
+  (s_a, m_a), (s_b, m_b) = a, b
+  np.testing.assert_allclose(float(m_a["loss"]), float(m_b["loss"]), rtol=loss_rtol)
+  np.testing.assert_allclose(float(m_a["grad_norm"]), float(m_b["grad_norm"]), rtol=1e-4)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
                                                        rtol=1e-4, atol=1e-6),
-               s_dense.params, s_lookup.params)
+               s_a.params, s_b.params)
+
+
+def test_dense_spade_conv_in_training_equals_the_lookup():
+  """`model.dense_train_max_classes`: the step differentiates the dense SPADE conv at few
+  classes (no scatter-add for the lookup's gradient) with the lookup's loss and gradient."""
+  out, _, _ = _steps_by_setting("model.dense_train_max_classes", (0, 100), seed=5)
+  assert out[0][0].count("scatter-add") > out[100][0].count("scatter-add")
+  _same_step(out[100][1], out[0][1], loss_rtol=1e-5)
 
 
 def test_conv_weight_grad_setting_switches_the_backward_with_the_same_step():
   """`train.conv_weight_grad`: "auto" on the CPU takes the per-tap weight gradient for the
   SPADE gamma/beta convs (128 input channels), "xla" keeps XLA's; same loss and update."""
-  mesh = sharding.make_mesh({"data": 8, "fsdp": 1})
-  graphs, st, _ = state_lib.create_train_state(tiny_config(), mesh, 0)
-  rng = np.random.default_rng(6)
-  bsh = sharding.batch_sharding(mesh)
-  host = {"image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
-          "label": rng.integers(-1, 9, (8, 16, 16)).astype(np.int32)}
-  batch = sharding.device_put_tree(host, {"image": bsh, "label": bsh})
-  out, dots = {}, {}
-  for name in ("auto", "xla"):
-    config = tiny_config(**{"train.conv_weight_grad": name})
-    step = step_lib.make_train_step(
-        config, graphs, recipe.make_diffusion(config),
-        recipe.make_label_schedule(config, recipe.resolve_psi(config)), mesh)
-    dots[name] = str(jax.make_jaxpr(step)(st, batch)).count("dot_general")
-    out[name] = jax.jit(step)(st, batch)
-  assert dots["auto"] > dots["xla"]  # the per-tap products
-  np.testing.assert_allclose(float(out["auto"][1]["loss"]), float(out["xla"][1]["loss"]),
-                             rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
-                                                       rtol=1e-4, atol=1e-6),
-               out["auto"][0].params, out["xla"][0].params)
+  out, graphs, mesh = _steps_by_setting("train.conv_weight_grad", ("auto", "xla"), seed=6)
+  assert out["auto"][0].count("dot_general") > out["xla"][0].count("dot_general")
+  _same_step(out["auto"][1], out["xla"][1], loss_rtol=1e-6)
+  config = tiny_config(**{"train.conv_weight_grad": "fast"})
   with pytest.raises(ValueError, match="train.conv_weight_grad='fast' is unknown"):
-    step_lib.make_train_step(tiny_config(**{"train.conv_weight_grad": "fast"}), graphs,
-                             recipe.make_diffusion(config), None, mesh)
+    step_lib.make_train_step(config, graphs, recipe.make_diffusion(config), None, mesh)
