@@ -9,7 +9,7 @@ computes
   dx = conv(dy, W flipped and transposed)   (a plain forward convolution, as XLA's)
 
 which equal XLA's gradients up to float rounding. Measured per convolution (fp32, batch 16
-at 32 px, 2 cores): 128 -> 192 channels 78 against 178 ms, 128 -> 64 64 against 70 ms; at
+at 32 px, 2 cores): 128 -> 192 channels 78 against 178 ms, 128 -> 64: 64 against 70 ms; at
 96 or 64 input channels XLA's own gradient is the faster one, so those keep it (`_wanted`).
 Other backends and strided convolutions always keep XLA's gradient. `use_im2col_grad`
 forces the choice for the convolutions traced inside (tests; the bench's `--conv_grad`).
@@ -62,7 +62,9 @@ def _weight_grad(x, g, kh: int, kw: int, padding: int):
   """dW (kh, kw, C, O) in float32: one (C x N) @ (N x O) product per tap.
 
   Written as `shifted.T @ g`, the form XLA's CPU backend runs fastest (a dot_general
-  contracting axis 0, or a scan over the taps, is slower in the whole train step).
+  contracting axis 0, or a scan over the taps, is slower in the whole train step). The
+  price: XLA keeps a convolution's nine shifted copies alive together (0.65 GB more
+  temporaries at the S bench config; `train.conv_weight_grad="xla"` avoids it).
   """
   b, h, w_, o = g.shape
   c = x.shape[-1]
