@@ -149,8 +149,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.total_steps = 100_000
   config.train.batch_size = 40  # GLOBAL batch over all devices and hosts
   config.train.grad_accum = 1  # micro-batches per step (memory knob)
-  # The convolutions' weight gradient: "auto" (on a CPU, per-tap products for 128+ input
-  # channels: faster, more memory; models/conv.py), "xla" (XLA's own) or "taps" (always).
+  # The convolutions' weight gradient: "auto" or "xla" (XLA's own: the faster one with the
+  # CPU's Eigen convolutions, scdm_jax/compile_options.py) or "taps" (per-tap products for
+  # stride-1 convs: faster under YNNPACK convolutions, more memory; models/conv.py).
   config.train.conv_weight_grad = "auto"
   config.train.log_every = 100  # at least 1
   config.train.sample_every = 5000  # sample grid (0 = off)

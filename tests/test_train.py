@@ -271,11 +271,11 @@ def test_dense_spade_conv_in_training_equals_the_lookup():
 
 
 def test_conv_weight_grad_setting_switches_the_backward_with_the_same_step():
-  """`train.conv_weight_grad`: "auto" on the CPU takes the per-tap weight gradient for the
-  SPADE gamma/beta convs (128 input channels), "xla" keeps XLA's; same loss and update."""
-  out, graphs, mesh = _steps_by_setting("train.conv_weight_grad", ("auto", "xla"), seed=6)
-  assert out["auto"][0].count("dot_general") > out["xla"][0].count("dot_general")
-  _same_step(out["auto"][1], out["xla"][1], loss_rtol=1e-6)
+  """`train.conv_weight_grad`: "taps" takes the per-tap weight gradient for the stride-1
+  convs, "auto" keeps XLA's (as "xla"); same loss and update."""
+  out, graphs, mesh = _steps_by_setting("train.conv_weight_grad", ("auto", "taps"), seed=6)
+  assert out["taps"][0].count("dot_general") > out["auto"][0].count("dot_general")
+  _same_step(out["taps"][1], out["auto"][1], loss_rtol=1e-6)
   config = tiny_config(**{"train.conv_weight_grad": "fast"})
   with pytest.raises(ValueError, match="train.conv_weight_grad='fast' is unknown"):
     step_lib.make_train_step(config, graphs, recipe.make_diffusion(config), None, mesh)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scdm_jax import compile_options
 from scdm_jax import sharding
 from scdm_jax.data import label_io
 from scdm_jax.data import noisy
@@ -207,7 +208,7 @@ class Editor:
     bsh = sharding.batch_sharding(self.mesh)
     rep = sharding.replicated(self.mesh)
     fn = jax.jit(run, in_shardings=(self._state_sharding, bsh, bsh, bsh, rep),
-                 out_shardings=bsh)
+                 out_shardings=bsh, compiler_options=compile_options.compiler_options())
     self._programs[key] = fn
     return fn
 

@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scdm_jax import checkpointing, sharding
+from scdm_jax import checkpointing, compile_options, sharding
 from scdm_jax.io import fileio
 from scdm_jax.data import exemplar
 from scdm_jax.diffusion import ldm_schedulers
@@ -536,8 +536,9 @@ class PaintPipeline:
   def _program(self, name: str, fn, static: Any = None):
     key = (name, static)
     if key not in self._programs:
-      self._programs[key] = jax.jit(functools.partial(fn, self, static) if static is not None
-                                    else functools.partial(fn, self))
+      self._programs[key] = jax.jit(
+          functools.partial(fn, self, static) if static is not None
+          else functools.partial(fn, self), compiler_options=compile_options.compiler_options())
     return self._programs[key]
 
   def _run(self, name, fn, *batch_args, static=None, extra=()):

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from scdm_jax import compile_options
 from scdm_jax import recipe
 from scdm_jax import sharding
 from scdm_jax import state as state_lib
@@ -46,4 +47,5 @@ def make_sample_fn(config: ml_collections.ConfigDict, graphs: state_lib.Graphs, 
 
   bsh = sharding.batch_sharding(mesh)
   return jax.jit(fn, in_shardings=(param_shardings, bsh, sharding.replicated(mesh)),
-                 out_shardings=bsh), diffusion
+                 out_shardings=bsh,
+                 compiler_options=compile_options.compiler_options()), diffusion

@@ -1,18 +1,17 @@
-"""2-D convolution (NHWC/HWIO) whose weight gradient is fast on XLA's CPU backend.
+"""2-D convolution (NHWC/HWIO) with an optional per-tap weight gradient.
 
-On the CPU, XLA lowers the weight gradient of a convolution with 128 or more input channels
-(every SPADE gamma/beta conv reads the 128-channel hidden map) to a program that runs 2 to
-3.5 times slower than the forward. For such stride-1 convolutions this module's custom VJP
-computes
+XLA's own gradient is the default everywhere. The per-tap one, for stride-1 convolutions,
 
   dW[dy, dx] = (x shifted by (dy, dx), as N x C) transposed @ dy (N x O)   (one product a tap)
   dx = conv(dy, W flipped and transposed)   (a plain forward convolution, as XLA's)
 
-which equal XLA's gradients up to float rounding. Measured per convolution (fp32, batch 16
-at 32 px, 2 cores): 128 -> 192 channels 78 against 178 ms, 128 -> 64: 64 against 70 ms; at
-96 or 64 input channels XLA's own gradient is the faster one, so those keep it (`_wanted`).
-Other backends and strided convolutions always keep XLA's gradient. `use_im2col_grad`
-forces the choice for the convolutions traced inside (tests; the bench's `--conv_grad`).
+equals XLA's up to float rounding. It paid on the CPU while XLA ran its convolutions in
+YNNPACK, whose weight gradient with 128+ input channels was 2 to 3.5 times slower than the
+forward (config L's train step 5.1 against 3.9 s). With the Eigen convolutions this project
+now compiles CPU programs with (`compile_options`), XLA's gradient is faster at every size
+measured (S 1.27 against 1.63 s, L 3.9 against 5.1-7.2 s), and it keeps no shifted copies.
+`train.conv_weight_grad="taps"` (or `use_im2col_grad(True)` around the trace) still selects
+it, e.g. for a run that puts YNNPACK's convolutions back through XLA_FLAGS.
 """
 
 from __future__ import annotations
@@ -26,13 +25,11 @@ import jax.numpy as jnp
 
 _DN = ("NHWC", "HWIO", "NHWC")
 _OVERRIDE: list[bool] = []
-# From this many input channels on, the per-tap weight gradient beats XLA's on the CPU.
-MIN_INPUT_CHANNELS = 128
 
 
 @contextlib.contextmanager
 def use_im2col_grad(enabled: bool) -> Iterator[None]:
-  """Forces (or forbids) the per-tap weight gradient for convolutions traced inside."""
+  """Selects (or forbids) the per-tap weight gradient for convolutions traced inside."""
   _OVERRIDE.append(bool(enabled))
   try:
     yield
@@ -40,10 +37,8 @@ def use_im2col_grad(enabled: bool) -> Iterator[None]:
     _OVERRIDE.pop()
 
 
-def _wanted(in_channels: int) -> bool:
-  if _OVERRIDE:
-    return _OVERRIDE[-1]
-  return jax.default_backend() == "cpu" and in_channels >= MIN_INPUT_CHANNELS
+def _wanted() -> bool:
+  return bool(_OVERRIDE) and _OVERRIDE[-1]
 
 
 def _xla_conv(x, w, stride: int, padding: int):
@@ -53,7 +48,7 @@ def _xla_conv(x, w, stride: int, padding: int):
 
 def conv2d(x: jax.Array, w: jax.Array, *, stride: int = 1, padding: int = 0) -> jax.Array:
   """`conv(x, w)` with symmetric zero padding; x (B, H, W, C), w (kh, kw, C, O)."""
-  if stride == 1 and _wanted(x.shape[-1]):
+  if stride == 1 and _wanted():
     return _conv_s1(x, w, padding)
   return _xla_conv(x, w, stride, padding)
 
@@ -61,10 +56,10 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int = 1, padding: int = 0) -> 
 def _weight_grad(x, g, kh: int, kw: int, padding: int):
   """dW (kh, kw, C, O) in float32: one (C x N) @ (N x O) product per tap.
 
-  Written as `shifted.T @ g`, the form XLA's CPU backend runs fastest (a dot_general
-  contracting axis 0, or a scan over the taps, is slower in the whole train step). The
+  Written as `shifted.T @ g`, the form XLA's CPU backend ran fastest (a dot_general
+  contracting axis 0, or a scan over the taps, was slower in the whole train step). The
   price: XLA keeps a convolution's nine shifted copies alive together (0.65 GB more
-  temporaries at the S bench config; `train.conv_weight_grad="xla"` avoids it).
+  temporaries at the S bench config), and the copies cost more than the products.
   """
   b, h, w_, o = g.shape
   c = x.shape[-1]

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from scdm_jax import compile_options
 from scdm_jax import sharding
 from scdm_jax.training import accumulate
 
@@ -189,7 +190,7 @@ def compile_train_step(step_fn, mesh, shardings: PbETrainState, frozen_shardings
                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
   t0 = time.time()
   compiled = jitted.lower(with_sh(abstract, shardings), with_sh(abstract_frozen, frozen_shardings),
-                          batch).compile()
+                          batch).compile(compile_options.compiler_options())
   logging.info("Compiled the Paint-by-Example train step in %.1f s (global batch %d).",
                time.time() - t0, batch["image"].shape[0])
   return compiled

@@ -21,6 +21,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from scdm_jax import compile_options
 from scdm_jax import sharding
 from scdm_jax import state as state_lib
 from scdm_jax.diffusion import label_diffusion
@@ -124,7 +125,8 @@ def compile_train_step(config, graphs, diffusion, label_schedule, mesh, sharding
                    donate_argnums=(0,))
   t0 = time.time()
   compiled = jitted.lower(
-      state_lib.abstract_with_shardings(abstract_state, shardings), batch).compile()
+      state_lib.abstract_with_shardings(abstract_state, shardings), batch).compile(
+          compile_options.compiler_options())
   logging.info("Compiled the train step in %.1f s (global batch %d, grad_accum %d).",
                time.time() - t0, b, int(config.train.grad_accum))
   logging.info("%s", memory_note(compiled))
