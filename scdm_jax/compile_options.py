@@ -3,9 +3,10 @@
 On the CPU, XLA (jaxlib 0.10) hands dots, reductions and convolutions to YNNPACK by
 default. Its convolutions, and above all their gradients, run slower than XLA's own Eigen
 convolutions on the 2-core development VM (AMD Zen 5): one 3x3 conv 128 -> 192 channels at
-batch 16, 32 px, forward and both gradients, 108-120 against 91-96 ms; the whole S train
-step 1.41-1.54 against 1.27 s, L 5.1 against 3.9 s, 25-step sampling 9.6 against 8.3 s
-(docs/performance.md). So CPU programs keep YNNPACK for dots and reductions only.
+batch 16, 32 px, forward and both gradients, 108-120 against 91-96 ms; in the bench's rows,
+run one after the other, the S train step 1.49 against 1.20 s, L 4.15 against 3.56 s,
+25-step sampling 10.1 against 8.2 s (docs/performance.md). So CPU programs keep YNNPACK
+for dots and reductions only (without it on the reductions too, S took 1.55-1.84 s).
 
 A user's own `--xla_cpu_experimental_ynn_fusion_type` in XLA_FLAGS wins: then nothing is
 passed. Other backends get no options.
